@@ -1,0 +1,191 @@
+//! Reads: notifications in id order, one aggregate's events, heads and positions.
+
+use crate::error::Result;
+use crate::input;
+use pgrx::pg_sys::panic::ErrorReport;
+use pgrx::prelude::*;
+use pgrx::Uuid;
+
+/// (notification_id, originator_id, originator_version, topic, state); the `#[pg_extern]`
+/// signatures below spell it out because pgrx reads column names from the tuple itself.
+type EventRow = (i64, Uuid, i64, String, Vec<u8>);
+
+fn event_rows(
+    query: &str,
+    args: &[pgrx::datum::DatumWithOid],
+) -> Result<TableIterator<'static, EventRow>> {
+    let rows = Spi::connect(|client| {
+        let table = client.select(query, None, args)?;
+        let mut rows = Vec::with_capacity(table.len());
+        for row in table {
+            rows.push((
+                row.get::<i64>(1)?.expect("notification_id is NOT NULL"),
+                row.get::<Uuid>(2)?.expect("originator_id is NOT NULL"),
+                row.get::<i64>(3)?.expect("originator_version is NOT NULL"),
+                row.get::<String>(4)?.expect("topic is NOT NULL"),
+                row.get::<Vec<u8>>(5)?.expect("state is NOT NULL"),
+            ));
+        }
+        Ok::<_, pgrx::spi::Error>(rows)
+    })?;
+    Ok(TableIterator::new(rows))
+}
+
+/// Notifications of `application_name` in id order: from `start` (NULL: the beginning;
+/// exclusive when `inclusive_of_start` is false) up to `stop` (inclusive, NULL: no bound),
+/// at most `limit`, only the given `topics` when the array is not empty.
+#[pg_extern(stable, parallel_safe)]
+#[search_path(pg_catalog, pg_temp)]
+fn select_notifications(
+    application_name: Option<&str>,
+    start: Option<i64>,
+    limit: Option<i64>,
+    stop: default!(Option<i64>, "NULL"),
+    topics: default!(Option<Vec<String>>, "'{}'"),
+    inclusive_of_start: default!(Option<bool>, true),
+) -> std::result::Result<
+    TableIterator<
+        'static,
+        (
+            name!(notification_id, i64),
+            name!(originator_id, Uuid),
+            name!(originator_version, i64),
+            name!(topic, String),
+            name!(state, Vec<u8>),
+        ),
+    >,
+    ErrorReport,
+> {
+    let run = || {
+        let application = input::name(application_name, "application_name")?;
+        let limit = input::limit(Some(input::required(limit, "\"limit\"")?))?;
+        let topics = input::required(topics, "topics")?;
+        let inclusive = input::required(inclusive_of_start, "inclusive_of_start")?;
+        if topics.iter().any(|topic| topic.is_empty()) {
+            return Err(crate::error::Error::InvalidArgument(
+                "topics must not contain empty strings".to_string(),
+            ));
+        }
+        // Start bounds as `notification_id > lower`, so the index scan starts in the right place.
+        let lower = start.map(|start| {
+            if inclusive {
+                start.saturating_sub(1)
+            } else {
+                start
+            }
+        });
+        event_rows(
+            "SELECT notification_id, originator_id, originator_version, topic, state \
+             FROM biomero.events \
+             WHERE application_name = $1 \
+               AND notification_id > coalesce($2, -9223372036854775808) \
+               AND notification_id <= coalesce($3, 9223372036854775807) \
+               AND (cardinality($4::text[]) = 0 OR topic = ANY ($4)) \
+             ORDER BY notification_id \
+             LIMIT $5",
+            &[
+                application.into(),
+                lower.into(),
+                stop.into(),
+                topics.into(),
+                limit.into(),
+            ],
+        )
+    };
+    Ok(run()?)
+}
+
+/// Events of one aggregate, by version: after `gt`, up to `lte`, descending when `desc`, at
+/// most `limit` (NULL: all).
+#[pg_extern(stable, parallel_safe)]
+#[search_path(pg_catalog, pg_temp)]
+fn select_events(
+    application_name: Option<&str>,
+    originator_id: Option<Uuid>,
+    gt: default!(Option<i64>, "NULL"),
+    lte: default!(Option<i64>, "NULL"),
+    desc: default!(Option<bool>, false),
+    limit: default!(Option<i64>, "NULL"),
+) -> std::result::Result<
+    TableIterator<
+        'static,
+        (
+            name!(notification_id, i64),
+            name!(originator_id, Uuid),
+            name!(originator_version, i64),
+            name!(topic, String),
+            name!(state, Vec<u8>),
+        ),
+    >,
+    ErrorReport,
+> {
+    let run = || {
+        let application = input::name(application_name, "application_name")?;
+        let originator_id = input::required(originator_id, "originator_id")?;
+        let descending = input::required(desc, "\"desc\"")?;
+        let limit = input::limit(limit)?;
+        // Two fixed statements rather than a pasted ORDER BY direction.
+        let query = if descending {
+            "SELECT notification_id, originator_id, originator_version, topic, state \
+             FROM biomero.events \
+             WHERE application_name = $1 AND originator_id = $2 \
+               AND originator_version > coalesce($3, -1) \
+               AND originator_version <= coalesce($4, 9223372036854775807) \
+             ORDER BY originator_version DESC LIMIT $5"
+        } else {
+            "SELECT notification_id, originator_id, originator_version, topic, state \
+             FROM biomero.events \
+             WHERE application_name = $1 AND originator_id = $2 \
+               AND originator_version > coalesce($3, -1) \
+               AND originator_version <= coalesce($4, 9223372036854775807) \
+             ORDER BY originator_version LIMIT $5"
+        };
+        event_rows(
+            query,
+            &[
+                application.into(),
+                originator_id.into(),
+                gt.into(),
+                lte.into(),
+                limit.into(),
+            ],
+        )
+    };
+    Ok(run()?)
+}
+
+/// The highest notification id of `application_name`, NULL when it has no events.
+#[pg_extern(stable, parallel_safe)]
+#[search_path(pg_catalog, pg_temp)]
+fn max_notification_id(
+    application_name: Option<&str>,
+) -> std::result::Result<Option<i64>, ErrorReport> {
+    let run = || -> Result<Option<i64>> {
+        let application = input::name(application_name, "application_name")?;
+        Ok(Spi::get_one_with_args(
+            "SELECT max(notification_id) FROM biomero.events WHERE application_name = $1",
+            &[application.into()],
+        )?)
+    };
+    Ok(run()?)
+}
+
+/// The last notification id of `upstream_application_name` that follower `application_name`
+/// recorded, NULL when none.
+#[pg_extern(stable, parallel_safe)]
+#[search_path(pg_catalog, pg_temp)]
+fn max_tracking_id(
+    application_name: Option<&str>,
+    upstream_application_name: Option<&str>,
+) -> std::result::Result<Option<i64>, ErrorReport> {
+    let run = || -> Result<Option<i64>> {
+        let follower = input::name(application_name, "application_name")?;
+        let upstream = input::name(upstream_application_name, "upstream_application_name")?;
+        Ok(Spi::get_one_with_args(
+            "SELECT max(notification_id) FROM biomero.tracking \
+             WHERE application_name = $1 AND upstream_application_name = $2",
+            &[follower.into(), upstream.into()],
+        )?)
+    };
+    Ok(run()?)
+}
