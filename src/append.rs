@@ -2,7 +2,6 @@
 
 use crate::error::{self, Error, Result};
 use crate::{ids, input, notify, tracking};
-use pgrx::pg_sys::panic::ErrorReport;
 use pgrx::prelude::*;
 use pgrx::Uuid;
 
@@ -23,7 +22,7 @@ fn record_event(
     originator_version: Option<i64>,
     topic: Option<&str>,
     state: Option<&[u8]>,
-) -> std::result::Result<i64, ErrorReport> {
+) -> i64 {
     let run = || -> Result<i64> {
         let application = input::name(application_name, "application_name")?;
         let event = NewEvent {
@@ -38,7 +37,7 @@ fn record_event(
         };
         Ok(append(application, &[event])?[0])
     };
-    Ok(run()?)
+    run().unwrap_or_else(|error| error.raise())
 }
 
 /// Appends a batch of events of one application, all or nothing, and returns their
@@ -56,7 +55,7 @@ fn record_events(
     states: Option<Array<&[u8]>>,
     upstream_application_name: default!(Option<&str>, "NULL"),
     upstream_notification_id: default!(Option<i64>, "NULL"),
-) -> std::result::Result<Option<Vec<i64>>, ErrorReport> {
+) -> Option<Vec<i64>> {
     let run = || -> Result<Option<Vec<i64>>> {
         let application = input::name(application_name, "application_name")?;
         let ids = input::required(originator_ids, "originator_ids")?;
@@ -111,7 +110,7 @@ fn record_events(
         }
         append(application, &events).map(Some)
     };
-    Ok(run()?)
+    run().unwrap_or_else(|error| error.raise())
 }
 
 /// The append itself; arguments are already valid.

@@ -2,7 +2,6 @@
 
 use crate::error::Result;
 use crate::input;
-use pgrx::pg_sys::panic::ErrorReport;
 use pgrx::prelude::*;
 use pgrx::Uuid;
 
@@ -43,18 +42,15 @@ fn select_notifications(
     stop: default!(Option<i64>, "NULL"),
     topics: default!(Option<Vec<String>>, "'{}'"),
     inclusive_of_start: default!(Option<bool>, true),
-) -> std::result::Result<
-    TableIterator<
-        'static,
-        (
-            name!(notification_id, i64),
-            name!(originator_id, Uuid),
-            name!(originator_version, i64),
-            name!(topic, String),
-            name!(state, Vec<u8>),
-        ),
-    >,
-    ErrorReport,
+) -> TableIterator<
+    'static,
+    (
+        name!(notification_id, i64),
+        name!(originator_id, Uuid),
+        name!(originator_version, i64),
+        name!(topic, String),
+        name!(state, Vec<u8>),
+    ),
 > {
     let run = || {
         let application = input::name(application_name, "application_name")?;
@@ -92,7 +88,7 @@ fn select_notifications(
             ],
         )
     };
-    Ok(run()?)
+    run().unwrap_or_else(|error| error.raise())
 }
 
 /// Events of one aggregate, by version: after `gt`, up to `lte`, descending when `desc`, at
@@ -106,18 +102,15 @@ fn select_events(
     lte: default!(Option<i64>, "NULL"),
     desc: default!(Option<bool>, false),
     limit: default!(Option<i64>, "NULL"),
-) -> std::result::Result<
-    TableIterator<
-        'static,
-        (
-            name!(notification_id, i64),
-            name!(originator_id, Uuid),
-            name!(originator_version, i64),
-            name!(topic, String),
-            name!(state, Vec<u8>),
-        ),
-    >,
-    ErrorReport,
+) -> TableIterator<
+    'static,
+    (
+        name!(notification_id, i64),
+        name!(originator_id, Uuid),
+        name!(originator_version, i64),
+        name!(topic, String),
+        name!(state, Vec<u8>),
+    ),
 > {
     let run = || {
         let application = input::name(application_name, "application_name")?;
@@ -151,15 +144,13 @@ fn select_events(
             ],
         )
     };
-    Ok(run()?)
+    run().unwrap_or_else(|error| error.raise())
 }
 
 /// The highest notification id of `application_name`, NULL when it has no events.
 #[pg_extern(stable, parallel_safe)]
 #[search_path(pg_catalog, pg_temp)]
-fn max_notification_id(
-    application_name: Option<&str>,
-) -> std::result::Result<Option<i64>, ErrorReport> {
+fn max_notification_id(application_name: Option<&str>) -> Option<i64> {
     let run = || -> Result<Option<i64>> {
         let application = input::name(application_name, "application_name")?;
         Ok(Spi::get_one_with_args(
@@ -167,7 +158,7 @@ fn max_notification_id(
             &[application.into()],
         )?)
     };
-    Ok(run()?)
+    run().unwrap_or_else(|error| error.raise())
 }
 
 /// The last notification id of `upstream_application_name` that follower `application_name`
@@ -177,7 +168,7 @@ fn max_notification_id(
 fn max_tracking_id(
     application_name: Option<&str>,
     upstream_application_name: Option<&str>,
-) -> std::result::Result<Option<i64>, ErrorReport> {
+) -> Option<i64> {
     let run = || -> Result<Option<i64>> {
         let follower = input::name(application_name, "application_name")?;
         let upstream = input::name(upstream_application_name, "upstream_application_name")?;
@@ -187,5 +178,5 @@ fn max_tracking_id(
             &[follower.into(), upstream.into()],
         )?)
     };
-    Ok(run()?)
+    run().unwrap_or_else(|error| error.raise())
 }

@@ -1,7 +1,6 @@
 //! biomero.summary(): the operator views as one jsonb document.
 
 use crate::error::Result;
-use pgrx::pg_sys::panic::ErrorReport;
 use pgrx::prelude::*;
 use pgrx::JsonB;
 use serde::Serialize;
@@ -32,7 +31,7 @@ struct Summary {
 /// `biomero.followers`.
 #[pg_extern(stable, parallel_safe)]
 #[search_path(pg_catalog, pg_temp)]
-fn summary() -> std::result::Result<JsonB, ErrorReport> {
+fn summary() -> JsonB {
     let run = || -> Result<JsonB> {
         let summary = Spi::connect(|client| {
             let mut applications = Vec::new();
@@ -72,5 +71,5 @@ fn summary() -> std::result::Result<JsonB, ErrorReport> {
             serde_json::to_value(summary).expect("plain data serializes"),
         ))
     };
-    Ok(run()?)
+    run().unwrap_or_else(|error| error.raise())
 }

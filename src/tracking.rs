@@ -9,7 +9,6 @@
 use crate::error::{self, Result};
 use crate::input;
 use crate::locks::{self, LockKind};
-use pgrx::pg_sys::panic::ErrorReport;
 use pgrx::prelude::*;
 
 /// A validated (follower, upstream, notification id) triple.
@@ -81,7 +80,7 @@ fn record_tracking(
     application_name: Option<&str>,
     upstream_application_name: Option<&str>,
     notification_id: Option<i64>,
-) -> std::result::Result<bool, ErrorReport> {
+) -> bool {
     let run = || -> Result<bool> {
         let follower = input::name(application_name, "application_name")?;
         let position = Position::new(
@@ -93,7 +92,7 @@ fn record_tracking(
         )?;
         advance(&position)
     };
-    Ok(run()?)
+    run().unwrap_or_else(|error| error.raise())
 }
 
 /// Claims the (follower, upstream) pair until the end of the transaction and returns its last
@@ -105,7 +104,7 @@ fn claim(
     application_name: Option<&str>,
     upstream_application_name: Option<&str>,
     wait: default!(Option<bool>, true),
-) -> std::result::Result<Option<i64>, ErrorReport> {
+) -> Option<i64> {
     let run = || -> Result<Option<i64>> {
         let follower = input::name(application_name, "application_name")?;
         let upstream = input::name(upstream_application_name, "upstream_application_name")?;
@@ -139,5 +138,5 @@ fn claim(
         })?;
         Ok(Some(position.unwrap_or(0)))
     };
-    Ok(run()?)
+    run().unwrap_or_else(|error| error.raise())
 }

@@ -1,0 +1,53 @@
+#!/usr/bin/env bash
+# Installs what building, testing and running biomero_tracking needs on Debian 12, as root.
+# Idempotent: each step is skipped when its result is already present.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+PG_MAJOR=15
+PG_CONFIG=/usr/lib/postgresql/$PG_MAJOR/bin/pg_config
+PGRX_VERSION=0.18.1
+PACKAGES=(postgresql-$PG_MAJOR postgresql-server-dev-$PG_MAJOR postgresql-contrib
+          libclang-dev clang pkg-config libssl-dev sudo)
+
+say() { printf '[setup] %s\n' "$*"; }
+
+missing=()
+for package in "${PACKAGES[@]}"; do
+    dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q "ok installed" \
+        || missing+=("$package")
+done
+if ((${#missing[@]})); then
+    say "installing Debian packages: ${missing[*]}"
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
+fi
+
+export PATH="$HOME/.cargo/bin:$PATH"
+if ! cargo pgrx --version 2>/dev/null | grep -q "$PGRX_VERSION"; then
+    say "installing cargo-pgrx $PGRX_VERSION (about 9 minutes on 2 cores)"
+    cargo install cargo-pgrx --version "$PGRX_VERSION" --locked --quiet
+fi
+
+if ! grep -qs "pg$PG_MAJOR = \"$PG_CONFIG\"" "$HOME/.pgrx/config.toml"; then
+    say "pointing pgrx at the system PostgreSQL $PG_MAJOR"
+    cargo pgrx init --pg$PG_MAJOR "$PG_CONFIG" >/dev/null
+fi
+
+# initdb refuses to run as root: the test clusters run as the postgres user, in a directory
+# it owns outside /root.
+install -d -o postgres -g postgres /var/tmp/pgrx-test
+
+if [ -f clients/python/requirements-test.txt ]; then
+    venv=clients/python/.venv
+    stamp="$venv/.installed"
+    if [ ! -f "$stamp" ] || ! cmp -s clients/python/requirements-test.txt "$stamp"; then
+        say "creating the Python test environment in $venv"
+        python3 -m venv "$venv"
+        "$venv/bin/pip" install --quiet --upgrade pip
+        "$venv/bin/pip" install --quiet -r clients/python/requirements-test.txt
+        "$venv/bin/pip" install --quiet --no-deps -e clients/python
+        cp clients/python/requirements-test.txt "$stamp"
+    fi
+fi
+say "ready"
