@@ -1,0 +1,338 @@
+"""The eventsourcing recorders, each statement a call of one biomero_tracking SQL function.
+
+Nothing here writes a table, takes a table lock or assigns a notification id: appends go
+through ``biomero.record_events`` (one round trip for a whole batch with its tracking
+position), tracking through ``biomero.record_tracking``, and the follower's claim through
+``biomero.claim``. Reads go through ``biomero.select_*`` and ``biomero.max_*``.
+"""
+
+from __future__ import annotations
+
+import json
+import select
+from contextlib import contextmanager
+from threading import Thread
+from typing import TYPE_CHECKING, Any
+from uuid import UUID
+
+from eventsourcing.persistence import (
+    AggregateRecorder,
+    ApplicationRecorder,
+    IntegrityError,
+    ListenNotifySubscription,
+    Notification,
+    ProcessRecorder,
+    StoredEvent,
+    Subscription,
+    Tracking,
+    TrackingRecorder,
+)
+from sqlalchemy import text
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator, Sequence
+
+    from sqlalchemy.orm import Session
+
+    from biomero_tracking.datastore import Datastore
+
+#: The channel biomero_tracking notifies at the commit of every append.
+NOTIFY_CHANNEL = "biomero_events"
+
+_RECORD_EVENTS = text(
+    "SELECT biomero.record_events(:application_name, CAST(:originator_ids AS uuid[]), "
+    "CAST(:originator_versions AS bigint[]), CAST(:topics AS text[]), "
+    "CAST(:states AS bytea[]), :upstream_application_name, :upstream_notification_id)"
+)
+_SELECT_EVENTS = text(
+    "SELECT originator_id, originator_version, topic, state "
+    "FROM biomero.select_events(:application_name, CAST(:originator_id AS uuid), "
+    ':gt, :lte, :desc, :limit)'
+)
+_SELECT_NOTIFICATIONS = text(
+    "SELECT notification_id, originator_id, originator_version, topic, state "
+    "FROM biomero.select_notifications(:application_name, :start, :limit, :stop, "
+    "CAST(:topics AS text[]), :inclusive_of_start)"
+)
+_MAX_NOTIFICATION_ID = text("SELECT biomero.max_notification_id(:application_name)")
+_RECORD_TRACKING = text(
+    "SELECT biomero.record_tracking(:application_name, :upstream_application_name, "
+    ":notification_id)"
+)
+_MAX_TRACKING_ID = text(
+    "SELECT biomero.max_tracking_id(:application_name, :upstream_application_name)"
+)
+_CLAIM = text("SELECT biomero.claim(:application_name, :upstream_application_name)")
+
+
+def _uuid(value: Any) -> UUID:
+    # psycopg returns uuid.UUID; psycopg2 returns str unless its UUID adapter is registered.
+    return value if isinstance(value, UUID) else UUID(str(value))
+
+
+def _bytes(value: Any) -> bytes:
+    # psycopg2 returns bytea as memoryview.
+    return value if isinstance(value, bytes) else bytes(value)
+
+
+class BiomeroRecorder:
+    """Base of the recorders: a datastore and the application the rows belong to."""
+
+    def __init__(self, datastore: Datastore, *, application_name: str) -> None:
+        self.datastore = datastore
+        self.application_name = application_name
+
+    def create_table(self) -> None:
+        """The tables belong to the extension; this only checks that it is installed."""
+        self.datastore.check_extension()
+
+    @contextmanager
+    def transaction(self, commit: bool = True) -> Iterator[Session]:
+        with self.datastore.transaction(commit=commit) as session:
+            yield session
+
+    def _execute(self, session: Session, statement: Any, **params: Any) -> Any:
+        return self.datastore.execute(session, statement, params)
+
+
+class BiomeroAggregateRecorder(BiomeroRecorder, AggregateRecorder):
+    """Stores and selects one application's aggregate events (or snapshots)."""
+
+    def insert_events(
+        self, stored_events: Sequence[StoredEvent], **kwargs: Any
+    ) -> Sequence[int] | None:
+        self._insert_events(stored_events, **kwargs)
+        return None
+
+    def _insert_events(
+        self,
+        stored_events: Sequence[StoredEvent],
+        *,
+        tracking: Tracking | None = None,
+        **_: Any,
+    ) -> list[int] | None:
+        """One call of biomero.record_events; None when the tracking position was
+        already recorded (nothing written)."""
+        if not stored_events and tracking is None:
+            return []
+        params = {
+            "application_name": self.application_name,
+            "originator_ids": [str(e.originator_id) for e in stored_events],
+            "originator_versions": [e.originator_version for e in stored_events],
+            "topics": [e.topic for e in stored_events],
+            "states": [e.state for e in stored_events],
+            "upstream_application_name": None,
+            "upstream_notification_id": None,
+        }
+        if tracking is not None:
+            params["upstream_application_name"] = tracking.application_name
+            params["upstream_notification_id"] = tracking.notification_id
+        with self.transaction(commit=True) as session:
+            ids = self._execute(session, _RECORD_EVENTS, **params).scalar()
+        return None if ids is None else list(ids)
+
+    def select_events(
+        self,
+        originator_id: UUID | str,
+        *,
+        gt: int | None = None,
+        lte: int | None = None,
+        desc: bool = False,
+        limit: int | None = None,
+    ) -> list[StoredEvent]:
+        with self.transaction(commit=False) as session:
+            rows = self._execute(
+                session,
+                _SELECT_EVENTS,
+                application_name=self.application_name,
+                originator_id=str(originator_id),
+                gt=gt,
+                lte=lte,
+                desc=desc,
+                limit=limit,
+            ).all()
+        return [
+            StoredEvent(
+                originator_id=_uuid(row[0]),
+                originator_version=row[1],
+                topic=row[2],
+                state=_bytes(row[3]),
+            )
+            for row in rows
+        ]
+
+
+class BiomeroApplicationRecorder(BiomeroAggregateRecorder, ApplicationRecorder):
+    """Also the application's notification log: ids assigned by the extension, gapless
+    and in commit order."""
+
+    def insert_events(
+        self, stored_events: Sequence[StoredEvent], **kwargs: Any
+    ) -> Sequence[int] | None:
+        # A plain application recorder records no tracking position.
+        kwargs.pop("tracking", None)
+        return self._insert_events(stored_events, **kwargs)
+
+    def select_notifications(
+        self,
+        start: int | None,
+        limit: int,
+        stop: int | None = None,
+        topics: Sequence[str] = (),
+        *,
+        inclusive_of_start: bool = True,
+    ) -> list[Notification]:
+        with self.transaction(commit=False) as session:
+            rows = self._execute(
+                session,
+                _SELECT_NOTIFICATIONS,
+                application_name=self.application_name,
+                start=start,
+                limit=limit,
+                stop=stop,
+                topics=list(topics),
+                inclusive_of_start=inclusive_of_start,
+            ).all()
+        return [
+            Notification(
+                id=row[0],
+                originator_id=_uuid(row[1]),
+                originator_version=row[2],
+                topic=row[3],
+                state=_bytes(row[4]),
+            )
+            for row in rows
+        ]
+
+    def max_notification_id(self) -> int | None:
+        with self.transaction(commit=False) as session:
+            return self._execute(
+                session, _MAX_NOTIFICATION_ID, application_name=self.application_name
+            ).scalar()
+
+    def subscribe(
+        self, gt: int | None = None, topics: Sequence[str] = ()
+    ) -> Subscription[ApplicationRecorder]:
+        return BiomeroSubscription(recorder=self, gt=gt, topics=topics)
+
+
+class BiomeroTrackingRecorder(BiomeroRecorder, TrackingRecorder):
+    """Positions of a follower (this recorder's application) in its upstream logs: one
+    row per upstream, moved forward only."""
+
+    def insert_tracking(self, tracking: Tracking) -> None:
+        with self.transaction(commit=True) as session:
+            advanced = self._execute(
+                session,
+                _RECORD_TRACKING,
+                application_name=self.application_name,
+                upstream_application_name=tracking.application_name,
+                notification_id=tracking.notification_id,
+            ).scalar()
+        if not advanced:
+            raise IntegrityError(_already_tracked(self.application_name, tracking))
+
+    def max_tracking_id(self, application_name: str) -> int | None:
+        with self.transaction(commit=False) as session:
+            return self._execute(
+                session,
+                _MAX_TRACKING_ID,
+                application_name=self.application_name,
+                upstream_application_name=application_name,
+            ).scalar()
+
+    def claim(self, session: Session, upstream_application_name: str) -> int:
+        """Claims (follower, upstream) until the end of the session's transaction,
+        waiting for another holder to finish, and returns the last processed id (0 when
+        none), as committed by any previous holder."""
+        position = self._execute(
+            session,
+            _CLAIM,
+            application_name=self.application_name,
+            upstream_application_name=upstream_application_name,
+        ).scalar()
+        assert position is not None, "claim with wait returns a position"
+        return int(position)
+
+
+class BiomeroProcessRecorder(BiomeroTrackingRecorder, BiomeroApplicationRecorder, ProcessRecorder):
+    """A follower's own events recorded together with its tracking position, in one call."""
+
+    def insert_events(
+        self, stored_events: Sequence[StoredEvent], **kwargs: Any
+    ) -> Sequence[int] | None:
+        ids = self._insert_events(stored_events, **kwargs)
+        if ids is None:
+            tracking = kwargs["tracking"]
+            raise IntegrityError(_already_tracked(self.application_name, tracking))
+        return ids
+
+
+def _already_tracked(follower: str, tracking: Tracking) -> str:
+    return (
+        f"follower {follower!r} has already recorded notification "
+        f"{tracking.notification_id} of {tracking.application_name!r} (or a later one)"
+    )
+
+
+class BiomeroSubscription(ListenNotifySubscription[BiomeroApplicationRecorder]):
+    """Yields the application's notifications after ``gt``, then new ones as the
+    extension announces their commit on the ``biomero_events`` channel."""
+
+    def __init__(
+        self,
+        recorder: BiomeroApplicationRecorder,
+        gt: int | None = None,
+        topics: Sequence[str] = (),
+    ) -> None:
+        super().__init__(recorder=recorder, gt=gt, topics=topics)
+        self._listen_thread = Thread(target=self._listen, daemon=True)
+        self._listen_thread.start()
+
+    def __exit__(self, *args: object, **kwargs: Any) -> None:
+        try:
+            super().__exit__(*args, **kwargs)
+        finally:
+            self._listen_thread.join()
+
+    def _listen(self) -> None:
+        try:
+            connection = self._recorder.datastore.engine.raw_connection()
+            try:
+                dbapi = connection.driver_connection
+                dbapi.autocommit = True
+                cursor = dbapi.cursor()
+                cursor.execute(f"LISTEN {NOTIFY_CHANNEL}")
+                cursor.close()
+                # A notification may have been missed before LISTEN took effect.
+                self._has_been_notified.set()
+                if hasattr(dbapi, "notifies") and callable(dbapi.notifies):
+                    self._listen_psycopg(dbapi)
+                else:
+                    self._listen_psycopg2(dbapi)
+            finally:
+                connection.invalidate()
+        except BaseException as error:  # noqa: BLE001 - handed to the iterating thread
+            if self._thread_error is None:
+                self._thread_error = error
+            self.stop()
+
+    def _is_for_us(self, payload: str) -> bool:
+        try:
+            return json.loads(payload).get("application_name") == self._recorder.application_name
+        except (ValueError, AttributeError):
+            return True
+
+    def _listen_psycopg2(self, dbapi: Any) -> None:
+        while not self._has_been_stopped:
+            if select.select([dbapi], [], [], 0.1)[0]:
+                dbapi.poll()
+                while dbapi.notifies:
+                    if self._is_for_us(dbapi.notifies.pop(0).payload):
+                        self._has_been_notified.set()
+
+    def _listen_psycopg(self, dbapi: Any) -> None:
+        while not self._has_been_stopped:
+            for notify in dbapi.notifies(timeout=0.1):
+                if self._is_for_us(notify.payload):
+                    self._has_been_notified.set()

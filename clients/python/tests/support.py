@@ -1,0 +1,83 @@
+"""Helpers shared by the tests: the server's URL, an administrator connection, names."""
+
+from __future__ import annotations
+
+import os
+import uuid
+from contextlib import contextmanager
+from pathlib import Path
+from typing import TYPE_CHECKING
+from urllib.parse import urlsplit, urlunsplit
+
+import psycopg2
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator
+
+REPOSITORY = Path(__file__).resolve().parents[3]
+
+
+def url(database: str | None = None, driver: str | None = None) -> str:
+    """The test server's URL, optionally for another database or SQLAlchemy driver."""
+    parts = urlsplit(os.environ["BIOMERO_TEST_URL"])
+    scheme = parts.scheme if driver is None else f"postgresql+{driver}"
+    path = parts.path if database is None else f"/{database}"
+    return urlunsplit((scheme, parts.netloc, path, parts.query, parts.fragment))
+
+
+def libpq_url(database: str | None = None) -> str:
+    return url(database).replace("postgresql+psycopg2://", "postgresql://")
+
+
+def server_params(database: str | None = None) -> dict[str, str]:
+    parts = urlsplit(url(database))
+    return {
+        "host": parts.hostname or "127.0.0.1",
+        "port": str(parts.port or 5432),
+        "user": parts.username or "postgres",
+        "dbname": parts.path.lstrip("/"),
+    }
+
+
+@contextmanager
+def admin(database: str | None = None) -> Iterator[psycopg2.extensions.cursor]:
+    """An autocommit cursor as the cluster's superuser: for fixtures and checks only
+    (clients never write biomero's tables)."""
+    connection = psycopg2.connect(libpq_url(database))
+    connection.autocommit = True
+    try:
+        with connection.cursor() as cursor:
+            yield cursor
+    finally:
+        connection.close()
+
+
+def recreate_database(name: str, *, extension: bool) -> str:
+    """Drops and creates database ``name`` (with the extension when asked); returns its URL."""
+    with admin() as cursor:
+        cursor.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        cursor.execute(f'CREATE DATABASE "{name}"')
+    if extension:
+        with admin(name) as cursor:
+            cursor.execute("CREATE EXTENSION biomero_tracking")
+    return url(name)
+
+
+def drop_database(name: str) -> None:
+    with admin() as cursor:
+        cursor.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def delete_applications(*names: str) -> None:
+    """Removes the rows of the named applications (and of them as followers)."""
+    with admin() as cursor:
+        cursor.execute(
+            "DELETE FROM biomero.events WHERE application_name = ANY (%s)", (list(names),)
+        )
+        cursor.execute(
+            "DELETE FROM biomero.tracking WHERE application_name = ANY (%s)", (list(names),)
+        )
+
+
+def unique_name(prefix: str) -> str:
+    return f"{prefix}_{uuid.uuid4().hex[:12]}"
