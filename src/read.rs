@@ -91,6 +91,21 @@ fn select_notifications(
     run().unwrap_or_else(|error| error.raise())
 }
 
+macro_rules! aggregate_events_query {
+    ($direction:literal) => {
+        concat!(
+            "SELECT notification_id, originator_id, originator_version, topic, state \
+             FROM biomero.events \
+             WHERE application_name = $1 AND originator_id = $2 \
+               AND originator_version > coalesce($3, -1) \
+               AND originator_version <= coalesce($4, 9223372036854775807) \
+             ORDER BY originator_version ",
+            $direction,
+            " LIMIT $5"
+        )
+    };
+}
+
 /// Events of one aggregate, by version: after `gt`, up to `lte`, descending when `desc`, at
 /// most `limit` (NULL: all).
 #[pg_extern(stable, parallel_safe)]
@@ -117,21 +132,11 @@ fn select_events(
         let originator_id = input::required(originator_id, "originator_id")?;
         let descending = input::required(desc, "\"desc\"")?;
         let limit = input::limit(limit)?;
-        // Two fixed statements rather than a pasted ORDER BY direction.
+        // Two fixed statements (not a pasted direction), so each can walk the index in order.
         let query = if descending {
-            "SELECT notification_id, originator_id, originator_version, topic, state \
-             FROM biomero.events \
-             WHERE application_name = $1 AND originator_id = $2 \
-               AND originator_version > coalesce($3, -1) \
-               AND originator_version <= coalesce($4, 9223372036854775807) \
-             ORDER BY originator_version DESC LIMIT $5"
+            aggregate_events_query!("DESC")
         } else {
-            "SELECT notification_id, originator_id, originator_version, topic, state \
-             FROM biomero.events \
-             WHERE application_name = $1 AND originator_id = $2 \
-               AND originator_version > coalesce($3, -1) \
-               AND originator_version <= coalesce($4, 9223372036854775807) \
-             ORDER BY originator_version LIMIT $5"
+            aggregate_events_query!("ASC")
         };
         event_rows(
             query,
