@@ -79,3 +79,20 @@ pub fn random_uuid() -> String {
 pub fn count(client: &mut Client, query: &str) -> i64 {
     client.query_one(query, &[]).unwrap().get(0)
 }
+
+/// A session to another database of the test server (created by the caller).
+pub fn connect_to(database: &str) -> Client {
+    let mut client = connect();
+    let port: String = client.query_one("SHOW port", &[]).unwrap().get(0);
+    let user: String = client
+        .query_one("SELECT current_user::text", &[])
+        .unwrap()
+        .get(0);
+    postgres::Config::new()
+        .host("localhost")
+        .port(port.parse().unwrap())
+        .user(&user)
+        .dbname(database)
+        .connect(postgres::NoTls)
+        .unwrap_or_else(|error| panic!("connect to database {database}: {error}"))
+}
