@@ -38,3 +38,12 @@ def pytest_unconfigure(config: object) -> None:
             ["bash", str(REPOSITORY / "scripts" / "cluster.sh"), "stop", _own_cluster],
             check=False,
         )
+
+
+def pytest_terminal_summary(terminalreporter: object) -> None:
+    import support
+
+    if support.SCENARIO_FIGURES:
+        terminalreporter.section("scenario figures")  # type: ignore[attr-defined]
+        for line in support.SCENARIO_FIGURES:
+            terminalreporter.write_line(line)  # type: ignore[attr-defined]

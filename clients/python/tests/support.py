@@ -81,3 +81,7 @@ def delete_applications(*names: str) -> None:
 
 def unique_name(prefix: str) -> str:
     return f"{prefix}_{uuid.uuid4().hex[:12]}"
+
+
+#: Lines the scenario tests report; conftest prints them in pytest's closing summary.
+SCENARIO_FIGURES: list[str] = []
