@@ -5,64 +5,17 @@ used by the same applications on biomero_tracking."""
 from __future__ import annotations
 
 from typing import Any
-from uuid import NAMESPACE_URL, UUID, uuid5
+from uuid import UUID
 
 import pytest
-from eventsourcing.application import Application
-from eventsourcing.domain import Aggregate, event
 from eventsourcing.persistence import IntegrityError
 from eventsourcing.system import ProcessApplication as LibraryProcessApplication
 
 import biomero_tracking
 import support
+from things import Seen, Thing, Tracker
 
 ADOPT_SQL = support.REPOSITORY / "sql" / "adopt.sql"
-
-
-class Thing(Aggregate):
-    class Created(Aggregate.Created):
-        label: str
-
-    @event(Created)
-    def __init__(self, label: str) -> None:
-        self.label = label
-
-    class Renamed(Aggregate.Event):
-        label: str
-
-    @event(Renamed)
-    def rename(self, label: str) -> None:
-        self.label = label
-
-
-class Seen(Aggregate):
-    """The follower's own event per processed notification; its id follows from the
-    notification, so processing one twice would raise IntegrityError."""
-
-    class Created(Aggregate.Created):
-        thing_id: UUID
-        version: int
-
-    @event(Created)
-    def __init__(self, thing_id: UUID, version: int) -> None:
-        self.thing_id = thing_id
-        self.version = version
-
-    @staticmethod
-    def create_id(thing_id: UUID, version: int) -> UUID:
-        return uuid5(NAMESPACE_URL, f"/seen/{thing_id}/{version}")
-
-
-class Tracker(Application):
-    def create(self, label: str) -> UUID:
-        thing = Thing(label)
-        self.save(thing)
-        return thing.id
-
-    def rename(self, thing_id: UUID, label: str) -> None:
-        thing: Thing = self.repository.get(thing_id)
-        thing.rename(label)
-        self.save(thing)
 
 
 def _policy(self: Any, domain_event: Any, processing_event: Any) -> None:
