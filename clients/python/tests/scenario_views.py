@@ -15,6 +15,8 @@ stuck on a duplicate key.
 
 * ``biomero``: followers derive from ``biomero_tracking.ProcessApplication`` and policies
   leave committing to it;
+* ``biomero-url``: the same from ``SQLALCHEMY_URL`` without a scoped session: policies
+  write with the follower's ``processing_session``;
 * ``stock``: followers derive from ``eventsourcing.system.ProcessApplication`` and policies
   commit the scoped session, as BIOMERO's policies do today.
 """
@@ -33,7 +35,9 @@ from scenario_domain import Task, WorkflowRun
 
 STACK = os.environ.get("SCENARIO_STACK", "biomero")
 COMMIT_IN_POLICY = STACK == "stock"
-Base: Any = biomero_tracking.ProcessApplication if STACK == "biomero" else LibraryProcessApplication
+Base: Any = (
+    LibraryProcessApplication if STACK == "stock" else biomero_tracking.ProcessApplication
+)
 
 #: Set by the process before it builds the system.
 SESSION: scoped_session[Session] | None = None
@@ -78,7 +82,7 @@ class View(Base):  # type: ignore[misc,valid-type]
     handlers: dict[type, Handler] = {}
 
     def policy(self, domain_event: Any, processing_event: Any) -> None:
-        session = get_scoped_session()
+        session = self.processing_session if STACK == "biomero-url" else get_scoped_session()
         tracking = processing_event.tracking
         session.execute(
             text(

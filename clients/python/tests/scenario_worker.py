@@ -3,7 +3,7 @@
     python scenario_worker.py STACK SQLALCHEMY_URL PROCESS_INDEX WORKFLOWS
 
 It builds its own system (WorkflowTracker leading the four views, run by a
-SingleThreadedRunner) on a scoped session, prints ``ready``, waits for a line on standard
+SingleThreadedRunner) on a scoped session (on SQLALCHEMY_URL alone for ``biomero-url``), prints ``ready``, waits for a line on standard
 input, then runs WORKFLOWS workflows of 11 commands each, and prints one JSON line with
 what it did. Commands are not retried: an exception is counted and the session rolled back.
 """
@@ -26,10 +26,11 @@ def main() -> None:
     index, workflows = int(index_text), int(workflows_text)
     os.environ["SCENARIO_STACK"] = stack
     os.environ["PERSISTENCE_MODULE"] = (
-        "biomero_tracking" if stack == "biomero" else "eventsourcing_sqlalchemy"
+        "eventsourcing_sqlalchemy" if stack == "stock" else "biomero_tracking"
     )
     os.environ["SQLALCHEMY_URL"] = url
-    os.environ["SQLALCHEMY_SCOPED_SESSION_TOPIC"] = "scenario_views:get_scoped_session"
+    if stack != "biomero-url":
+        os.environ["SQLALCHEMY_SCOPED_SESSION_TOPIC"] = "scenario_views:get_scoped_session"
 
     from eventsourcing.system import SingleThreadedRunner, System
     from sqlalchemy import create_engine
@@ -46,7 +47,8 @@ def main() -> None:
     runner: SingleThreadedRunner[Any] = SingleThreadedRunner(system)
     runner.start()
     tracker = runner.get(WorkflowTracker)
-    tracker.commit = session.commit  # what BIOMERO's EngineManager.commit() does
+    if stack != "biomero-url":  # with a URL every save commits by itself
+        tracker.commit = session.commit  # what BIOMERO's EngineManager.commit() does
 
     print("ready", flush=True)
     sys.stdin.readline()

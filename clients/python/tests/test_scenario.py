@@ -5,7 +5,8 @@ leader and the four view followers, run by a SingleThreadedRunner on a scoped se
 BIOMERO SlurmClient does — and runs 44 commands (4 workflows of 11) at the same time as
 the others, without retries.
 
-On biomero_tracking the test asserts: no command raised, every command's events are stored
+On biomero_tracking — with the scoped session, and again from SQLALCHEMY_URL alone with
+policies writing through ``processing_session`` — the test asserts: no command raised, every command's events are stored
 once, every follower processed every notification exactly once and its read model is
 right, and every tracking position equals the head. The same scenario on stock
 eventsourcing-sqlalchemy (its own tables, another database of the same cluster) must show
@@ -164,10 +165,17 @@ def report(stack: str, figures: dict[str, Any]) -> None:
         print(f"    {count} x {kind}")
 
 
-def test_biomero_tracking_processes_every_notification_exactly_once() -> None:
-    url = prepare("scenario_biomero", extension=True)
-    results = run_processes("biomero", url)
-    with support.admin("scenario_biomero") as cursor:
+@pytest.mark.parametrize(
+    ("stack", "configuration"),
+    [("biomero", "scoped session"), ("biomero-url", "SQLALCHEMY_URL")],
+)
+def test_biomero_tracking_processes_every_notification_exactly_once(
+    stack: str, configuration: str
+) -> None:
+    database = f"scenario_{stack.replace('-', '_')}"
+    url = prepare(database, extension=True)
+    results = run_processes(stack, url)
+    with support.admin(database) as cursor:
         cursor.execute(
             "SELECT count(*), coalesce(max(notification_id), 0), count(*) FILTER "
             "(WHERE topic LIKE '%WorkflowInitiated') FROM biomero.events "
@@ -185,7 +193,7 @@ def test_biomero_tracking_processes_every_notification_exactly_once() -> None:
             "WHERE upstream_application_name = 'WorkflowTracker'"
         )
         positions = dict(cursor.fetchall())
-    duplicates, missing, processed = processing_figures("scenario_biomero", head)
+    duplicates, missing, processed = processing_figures(database, head)
     errors = [error for result in results for error in result["errors"]]
     figures = {
         "processes": PROCESSES,
@@ -198,13 +206,13 @@ def test_biomero_tracking_processes_every_notification_exactly_once() -> None:
         "workflows": PROCESSES * WORKFLOWS_PER_PROCESS,
         "duplicates": duplicates,
         "missing": missing,
-        "faults": read_model_faults("scenario_biomero"),
+        "faults": read_model_faults(database),
         "positions": positions,
         "head": head,
         "seconds": max(result["seconds"] for result in results),
         "all_errors": errors,
     }
-    report("biomero_tracking", figures)
+    report(f"biomero_tracking, {configuration}", figures)
 
     assert figures["commands"] == PROCESSES * WORKFLOWS_PER_PROCESS * COMMANDS_PER_WORKFLOW
     assert errors == []
@@ -218,7 +226,7 @@ def test_biomero_tracking_processes_every_notification_exactly_once() -> None:
     assert figures["faults"] == 0
     assert positions == {follower: head for follower in FOLLOWERS}
     # Processing was shared: more than one process won notifications of some follower.
-    with support.admin("scenario_biomero") as cursor:
+    with support.admin(database) as cursor:
         cursor.execute("SELECT count(DISTINCT pid) FROM scenario_processed")
         assert cursor.fetchone()[0] > 1
 
@@ -258,7 +266,7 @@ def test_stock_eventsourcing_sqlalchemy_shows_the_race() -> None:
         "seconds": max(result["seconds"] for result in results),
         "all_errors": errors,
     }
-    report("stock eventsourcing-sqlalchemy", figures)
+    report("stock eventsourcing-sqlalchemy, scoped session", figures)
     assert figures["errors"] > 0 or duplicates > 0, "the scenario did not see the race"
 
 
@@ -266,4 +274,5 @@ def test_stock_eventsourcing_sqlalchemy_shows_the_race() -> None:
 def _drop_databases() -> Any:
     yield
     support.drop_database("scenario_biomero")
+    support.drop_database("scenario_biomero_url")
     support.drop_database("scenario_stock")

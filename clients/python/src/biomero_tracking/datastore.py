@@ -2,8 +2,9 @@
 
 Two ways to reach the database, chosen by the factory from the environment:
 
-* ``SQLALCHEMY_URL``: the datastore owns an engine and opens one session per transaction.
-  Nested calls in the same thread (and asyncio task) join the outer transaction.
+* ``SQLALCHEMY_URL``: the datastore owns an engine. A recorder call outside a transaction
+  is one statement in autocommit mode (one round trip); inside one (a follower's
+  processing, or :meth:`Datastore.transaction`) it joins it.
 * ``SQLALCHEMY_SCOPED_SESSION_TOPIC``: the application supplies a scoped session and owns the
   unit of work. Recorders run their statements in it and never commit it; the application
   commits (for example once per command). Follower processing is the exception: it commits
@@ -105,6 +106,8 @@ class Datastore:
         elif url:
             self.engine = create_engine(url, **engine_kwargs)
             self._owns_engine = True
+            # Same pool; a single statement outside a transaction runs in autocommit mode.
+            self._autocommit = self.engine.execution_options(isolation_level="AUTOCOMMIT")
             self.session_maker = sessionmaker(bind=self.engine, autoflush=autoflush)
         else:
             msg = (
@@ -221,6 +224,22 @@ class Datastore:
         if registry is not None:
             return registry()
         return scoped() if callable(scoped) else scoped
+
+    def run(self, statement: Any, params: dict[str, Any]) -> list[Any]:
+        """Runs one statement and returns its rows: in this thread's transaction on this
+        datastore if there is one, else in the scoped session, else as a transaction of
+        its own (autocommit: one round trip, the extension's functions being atomic)."""
+        current = self._current.get()
+        if current is not None:
+            return list(self.execute(current.session, statement, params))
+        if self.scoped_session is not None:
+            with self.transaction(commit=True) as session:
+                return list(self.execute(session, statement, params))
+        try:
+            with self._autocommit.connect() as connection:
+                return list(connection.execute(statement, params))
+        except sqlalchemy.exc.DBAPIError as error:
+            raise persistence_error(error) from error
 
     def execute(self, session: Session, statement: Any, params: dict[str, Any]) -> Any:
         """Runs one statement, translating database errors into the library's."""

@@ -94,6 +94,13 @@ class BiomeroRecorder:
     def _execute(self, session: Session, statement: Any, **params: Any) -> Any:
         return self.datastore.execute(session, statement, params)
 
+    def _run(self, statement: Any, **params: Any) -> list[Any]:
+        return self.datastore.run(statement, params)
+
+    def _scalar(self, statement: Any, **params: Any) -> Any:
+        rows = self.datastore.run(statement, params)
+        return rows[0][0] if rows else None
+
 
 class BiomeroAggregateRecorder(BiomeroRecorder, AggregateRecorder):
     """Stores and selects one application's aggregate events (or snapshots)."""
@@ -127,8 +134,7 @@ class BiomeroAggregateRecorder(BiomeroRecorder, AggregateRecorder):
         if tracking is not None:
             params["upstream_application_name"] = tracking.application_name
             params["upstream_notification_id"] = tracking.notification_id
-        with self.transaction(commit=True) as session:
-            ids = self._execute(session, _RECORD_EVENTS, **params).scalar()
+        ids = self._scalar(_RECORD_EVENTS, **params)
         return None if ids is None else list(ids)
 
     def select_events(
@@ -140,17 +146,15 @@ class BiomeroAggregateRecorder(BiomeroRecorder, AggregateRecorder):
         desc: bool = False,
         limit: int | None = None,
     ) -> list[StoredEvent]:
-        with self.transaction(commit=False) as session:
-            rows = self._execute(
-                session,
-                _SELECT_EVENTS,
-                application_name=self.application_name,
-                originator_id=str(originator_id),
-                gt=gt,
-                lte=lte,
-                desc=desc,
-                limit=limit,
-            ).all()
+        rows = self._run(
+            _SELECT_EVENTS,
+            application_name=self.application_name,
+            originator_id=str(originator_id),
+            gt=gt,
+            lte=lte,
+            desc=desc,
+            limit=limit,
+        )
         return [
             StoredEvent(
                 originator_id=_uuid(row[0]),
@@ -182,17 +186,15 @@ class BiomeroApplicationRecorder(BiomeroAggregateRecorder, ApplicationRecorder):
         *,
         inclusive_of_start: bool = True,
     ) -> list[Notification]:
-        with self.transaction(commit=False) as session:
-            rows = self._execute(
-                session,
-                _SELECT_NOTIFICATIONS,
-                application_name=self.application_name,
-                start=start,
-                limit=limit,
-                stop=stop,
-                topics=list(topics),
-                inclusive_of_start=inclusive_of_start,
-            ).all()
+        rows = self._run(
+            _SELECT_NOTIFICATIONS,
+            application_name=self.application_name,
+            start=start,
+            limit=limit,
+            stop=stop,
+            topics=list(topics),
+            inclusive_of_start=inclusive_of_start,
+        )
         return [
             Notification(
                 id=row[0],
@@ -205,10 +207,7 @@ class BiomeroApplicationRecorder(BiomeroAggregateRecorder, ApplicationRecorder):
         ]
 
     def max_notification_id(self) -> int | None:
-        with self.transaction(commit=False) as session:
-            return self._execute(
-                session, _MAX_NOTIFICATION_ID, application_name=self.application_name
-            ).scalar()
+        return self._scalar(_MAX_NOTIFICATION_ID, application_name=self.application_name)
 
     def subscribe(
         self, gt: int | None = None, topics: Sequence[str] = ()
@@ -221,25 +220,21 @@ class BiomeroTrackingRecorder(BiomeroRecorder, TrackingRecorder):
     row per upstream, moved forward only."""
 
     def insert_tracking(self, tracking: Tracking) -> None:
-        with self.transaction(commit=True) as session:
-            advanced = self._execute(
-                session,
-                _RECORD_TRACKING,
-                application_name=self.application_name,
-                upstream_application_name=tracking.application_name,
-                notification_id=tracking.notification_id,
-            ).scalar()
+        advanced = self._scalar(
+            _RECORD_TRACKING,
+            application_name=self.application_name,
+            upstream_application_name=tracking.application_name,
+            notification_id=tracking.notification_id,
+        )
         if not advanced:
             raise IntegrityError(_already_tracked(self.application_name, tracking))
 
     def max_tracking_id(self, application_name: str) -> int | None:
-        with self.transaction(commit=False) as session:
-            return self._execute(
-                session,
-                _MAX_TRACKING_ID,
-                application_name=self.application_name,
-                upstream_application_name=application_name,
-            ).scalar()
+        return self._scalar(
+            _MAX_TRACKING_ID,
+            application_name=self.application_name,
+            upstream_application_name=application_name,
+        )
 
     def claim(self, session: Session, upstream_application_name: str) -> int:
         """Claims (follower, upstream) until the end of the session's transaction,
