@@ -12,9 +12,9 @@ const FIRST_RELEASE: &str = "0.1.0";
 /// Every object of schema biomero, described so that two databases can be compared.
 fn catalog(client: &mut Client) -> Vec<String> {
     let queries = [
-        "SELECT format('function %s returns %s definer=%s volatility=%s config=%s acl=%s', \
+        "SELECT format('function %s returns %s definer=%s volatility=%s config=%s acl=%s body=%s', \
              p.oid::regprocedure, pg_get_function_result(p.oid), p.prosecdef, p.provolatile, \
-             p.proconfig, p.proacl) \
+             p.proconfig, p.proacl, md5(p.prosrc)) \
          FROM pg_proc p WHERE p.pronamespace = 'biomero'::regnamespace",
         "SELECT format('relation %s kind=%s acl=%s', c.oid::regclass, c.relkind, c.relacl) \
          FROM pg_class c WHERE c.relnamespace = 'biomero'::regnamespace",
@@ -55,9 +55,11 @@ fn update_from_the_first_release_keeps_data_objects_and_guarantees() {
     .expect("copy the first release's script into the extension directory");
 
     let (old, fresh) = (unique_name("upgraded"), unique_name("fresh"));
-    admin
-        .batch_execute(&format!("CREATE DATABASE {old}; CREATE DATABASE {fresh}"))
-        .unwrap();
+    for database in [&old, &fresh] {
+        admin
+            .batch_execute(&format!("CREATE DATABASE {database}"))
+            .unwrap();
+    }
     let mut upgraded = connect_to(&old);
     upgraded
         .batch_execute(&format!(
@@ -146,7 +148,9 @@ fn update_from_the_first_release_keeps_data_objects_and_guarantees() {
         .get(0);
     assert!(!advanced);
     drop((upgraded, installed));
-    admin
-        .batch_execute(&format!("DROP DATABASE {old}; DROP DATABASE {fresh}"))
-        .unwrap();
+    for database in [&old, &fresh] {
+        admin
+            .batch_execute(&format!("DROP DATABASE {database}"))
+            .unwrap();
+    }
 }
