@@ -9,7 +9,8 @@ were committed, and every process issues all of its commands on either stack.
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 from uuid import NAMESPACE_URL, UUID, uuid5
 
 from eventsourcing.application import Application

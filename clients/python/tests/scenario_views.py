@@ -24,20 +24,19 @@ stuck on a duplicate key.
 from __future__ import annotations
 
 import os
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from eventsourcing.system import ProcessApplication as LibraryProcessApplication
+from scenario_domain import Task, WorkflowRun
 from sqlalchemy import text
 from sqlalchemy.orm import Session, scoped_session
 
 import biomero_tracking
-from scenario_domain import Task, WorkflowRun
 
 STACK = os.environ.get("SCENARIO_STACK", "biomero")
 COMMIT_IN_POLICY = STACK == "stock"
-Base: Any = (
-    LibraryProcessApplication if STACK == "stock" else biomero_tracking.ProcessApplication
-)
+Base: Any = LibraryProcessApplication if STACK == "stock" else biomero_tracking.ProcessApplication
 
 #: Set by the process before it builds the system.
 SESSION: scoped_session[Session] | None = None
@@ -115,7 +114,9 @@ def _ja_workflow_initiated(session: Session, e: Any) -> None:
         session,
         'INSERT INTO scenario_ja_workflow (workflow_id, "user", "group") VALUES (:w, :u, :g) '
         "ON CONFLICT DO NOTHING",
-        w=e.originator_id, u=e.user, g=e.group,
+        w=e.originator_id,
+        u=e.user,
+        g=e.group,
     )
 
 
@@ -124,7 +125,8 @@ def _ja_task_added(session: Session, e: Any) -> None:
         session,
         "INSERT INTO scenario_ja_task (task_id, workflow_id) VALUES (:t, :w) "
         "ON CONFLICT DO NOTHING",
-        t=e.task_id, w=e.originator_id,
+        t=e.task_id,
+        w=e.originator_id,
     )
 
 
@@ -142,7 +144,10 @@ def _ja_job_id_added(session: Session, e: Any) -> None:
         session,
         'INSERT INTO biomero_job_view (slurm_job_id, "user", "group", task_id) '
         "VALUES (:j, :u, :g, :t) ON CONFLICT DO NOTHING",
-        j=e.job_id, u=owner[0], g=owner[1], t=e.originator_id,
+        j=e.job_id,
+        u=owner[0],
+        g=owner[1],
+        t=e.originator_id,
     )
 
 
@@ -162,7 +167,8 @@ def _jp_job_id_added(session: Session, e: Any) -> None:
         session,
         "INSERT INTO scenario_jp_task (task_id, slurm_job_id) VALUES (:t, :j) "
         "ON CONFLICT DO NOTHING",
-        t=e.originator_id, j=e.job_id,
+        t=e.originator_id,
+        j=e.job_id,
     )
     _run(
         session,
@@ -177,7 +183,8 @@ def _jp_status_updated(session: Session, e: Any) -> None:
         session,
         "UPDATE biomero_job_progress_view SET status = :s WHERE slurm_job_id = "
         "(SELECT slurm_job_id FROM scenario_jp_task WHERE task_id = :t)",
-        s=e.status, t=e.originator_id,
+        s=e.status,
+        t=e.originator_id,
     )
 
 
@@ -186,7 +193,8 @@ def _jp_progress_updated(session: Session, e: Any) -> None:
         session,
         "UPDATE biomero_job_progress_view SET progress = :p WHERE slurm_job_id = "
         "(SELECT slurm_job_id FROM scenario_jp_task WHERE task_id = :t)",
-        p=e.progress, t=e.originator_id,
+        p=e.progress,
+        t=e.originator_id,
     )
 
 
@@ -207,7 +215,11 @@ def _wp_workflow_initiated(session: Session, e: Any) -> None:
         "INSERT INTO biomero_workflow_progress_view "
         '(workflow_id, status, progress, "user", "group", name, task, start_time) '
         "VALUES (:w, 'INITIALIZING', '0%', :u, :g, :n, NULL, :ts) ON CONFLICT DO NOTHING",
-        w=e.originator_id, u=e.user, g=e.group, n=e.name, ts=e.timestamp,
+        w=e.originator_id,
+        u=e.user,
+        g=e.group,
+        n=e.name,
+        ts=e.timestamp,
     )
 
 
@@ -216,7 +228,9 @@ def _wp_task_created(session: Session, e: Any) -> None:
         session,
         "INSERT INTO scenario_wp_task (task_id, workflow_id, task_name) VALUES (:t, :w, :n) "
         "ON CONFLICT DO NOTHING",
-        t=e.originator_id, w=e.workflow_id, n=e.task_name,
+        t=e.originator_id,
+        w=e.workflow_id,
+        n=e.task_name,
     )
 
 
@@ -225,7 +239,8 @@ def _wp_task_added(session: Session, e: Any) -> None:
         session,
         "UPDATE biomero_workflow_progress_view v SET task = t.task_name "
         "FROM scenario_wp_task t WHERE t.task_id = :t AND v.workflow_id = :w",
-        t=e.task_id, w=e.originator_id,
+        t=e.task_id,
+        w=e.originator_id,
     )
 
 
@@ -234,7 +249,8 @@ def _wp_status_updated(session: Session, e: Any) -> None:
         session,
         "UPDATE biomero_workflow_progress_view v SET status = 'JOB_' || :s, progress = '50%' "
         "FROM scenario_wp_task t WHERE t.task_id = :t AND v.workflow_id = t.workflow_id",
-        s=e.status, t=e.originator_id,
+        s=e.status,
+        t=e.originator_id,
     )
 
 
@@ -245,7 +261,8 @@ def _wp_progress_updated(session: Session, e: Any) -> None:
         session,
         "UPDATE biomero_workflow_progress_view v SET progress = :p "
         "FROM scenario_wp_task t WHERE t.task_id = :t AND v.workflow_id = t.workflow_id",
-        p=f"{50 + task_progress * 40 // 100}%", t=e.originator_id,
+        p=f"{50 + task_progress * 40 // 100}%",
+        t=e.originator_id,
     )
 
 
@@ -286,7 +303,9 @@ def _wa_workflow_initiated(session: Session, e: Any) -> None:
         session,
         'INSERT INTO scenario_wa_workflow (workflow_id, "user", "group") VALUES (:w, :u, :g) '
         "ON CONFLICT DO NOTHING",
-        w=e.originator_id, u=e.user, g=e.group,
+        w=e.originator_id,
+        u=e.user,
+        g=e.group,
     )
 
 
@@ -297,7 +316,11 @@ def _wa_task_created(session: Session, e: Any) -> None:
         "group_id, status, start_time) "
         'SELECT :t, :n, :v, w."user", w."group", \'CREATED\', :ts '
         "FROM scenario_wa_workflow w WHERE w.workflow_id = :w ON CONFLICT DO NOTHING",
-        t=e.originator_id, n=e.task_name, v=e.task_version, ts=e.timestamp, w=e.workflow_id,
+        t=e.originator_id,
+        n=e.task_name,
+        v=e.task_version,
+        ts=e.timestamp,
+        w=e.workflow_id,
     )
 
 
@@ -310,8 +333,11 @@ def _wa_set_status(status: str | None, *, ended: bool = False, error: bool = Fal
             "error_type = CASE WHEN :error THEN :message ELSE error_type END "
             "WHERE task_id = :t",
             s=status if status is not None else getattr(e, "status", None),
-            ended=ended, ts=e.timestamp, error=error,
-            message=getattr(e, "error_message", None), t=e.originator_id,
+            ended=ended,
+            ts=e.timestamp,
+            error=error,
+            message=getattr(e, "error_message", None),
+            t=e.originator_id,
         )
 
     return handler

@@ -3,9 +3,10 @@
     python scenario_worker.py STACK SQLALCHEMY_URL PROCESS_INDEX WORKFLOWS
 
 It builds its own system (WorkflowTracker leading the four views, run by a
-SingleThreadedRunner) on a scoped session (on SQLALCHEMY_URL alone for ``biomero-url``), prints ``ready``, waits for a line on standard
-input, then runs WORKFLOWS workflows of 11 commands each, and prints one JSON line with
-what it did. Commands are not retried: an exception is counted and the session rolled back.
+SingleThreadedRunner) on a scoped session (on SQLALCHEMY_URL alone for ``biomero-url``),
+prints ``ready``, waits for a line on standard input, then runs WORKFLOWS workflows of 11
+commands each, and prints one JSON line with what it did. Commands are not retried: an
+exception is counted and the session rolled back.
 """
 
 from __future__ import annotations
@@ -32,12 +33,11 @@ def main() -> None:
     if stack != "biomero-url":
         os.environ["SQLALCHEMY_SCOPED_SESSION_TOPIC"] = "scenario_views:get_scoped_session"
 
+    import scenario_views
     from eventsourcing.system import SingleThreadedRunner, System
+    from scenario_domain import WorkflowTracker, task_id, workflow_id
     from sqlalchemy import create_engine
     from sqlalchemy.orm import scoped_session, sessionmaker
-
-    import scenario_views
-    from scenario_domain import WorkflowTracker, task_id, workflow_id
 
     engine = create_engine(url, pool_size=2)
     session = scoped_session(sessionmaker(bind=engine, autoflush=True))
@@ -87,8 +87,12 @@ def main() -> None:
         workflow_ids.append(str(workflow))
         command("initiate_workflow", name, "scenario", user, group)
         command(
-            "add_task_to_workflow", workflow, task_name, "1.0",
-            {"images": [index, number]}, {"threshold": number},
+            "add_task_to_workflow",
+            workflow,
+            task_name,
+            "1.0",
+            {"images": [index, number]},
+            {"threshold": number},
         )
         command("start_workflow", workflow)
         command("start_task", task)
@@ -96,7 +100,8 @@ def main() -> None:
         command("update_task_status", task, "RUNNING")
         command("update_task_progress", task, "50%")
         command(
-            "add_result", task,
+            "add_result",
+            task,
             {"command": "sbatch", "env": {}, "stdout": f"job {job_id}", "stderr": ""},
         )
         command("update_task_status", task, "FAILED" if fails else "COMPLETED")

@@ -8,12 +8,12 @@ from typing import Any
 from uuid import UUID
 
 import pytest
+import support
 from eventsourcing.persistence import IntegrityError
 from eventsourcing.system import ProcessApplication as LibraryProcessApplication
+from things import Seen, Thing, Tracker
 
 import biomero_tracking
-import support
-from things import Seen, Thing, Tracker
 
 ADOPT_SQL = support.REPOSITORY / "sql" / "adopt.sql"
 
@@ -85,7 +85,8 @@ def import_application(name: str, events: str, tracking: str | None = None) -> t
 
 @pytest.mark.parametrize("stack", ["postgres-single-row", "postgres-multi-row", "sqlalchemy"])
 def test_import_then_continue_on_biomero_tracking(stack: str) -> None:
-    prefix = {"postgres-single-row": "PgOne", "postgres-multi-row": "PgMany", "sqlalchemy": "Sa"}[stack]
+    prefixes = {"postgres-single-row": "PgOne", "postgres-multi-row": "PgMany", "sqlalchemy": "Sa"}
+    prefix = prefixes[stack]
     old_leader_class, old_follower_class = applications(prefix, LibraryProcessApplication)
     leader_table = f"{prefix.lower()}tracker_events"
     follower_events = f"{prefix.lower()}seer_events"
@@ -129,7 +130,12 @@ def test_import_then_continue_on_biomero_tracking(stack: str) -> None:
         assert follower.recorder.select_notifications(None, 100) == before_follower
         assert follower.recorder.max_tracking_id(leader.name) == position
         assert [leader.repository.get(i).label for i in thing_ids] == [
-            "renamed", "thing 1", "renamed", "thing 3", "renamed", "thing 5"
+            "renamed",
+            "thing 1",
+            "renamed",
+            "thing 3",
+            "renamed",
+            "thing 5",
         ]
         # New events continue the log; the follower processes only those.
         follower.follow(leader.name, leader.notification_log)
@@ -195,9 +201,7 @@ def test_tracking_positions_per_upstream_and_filter() -> None:
             "'public.legacy_events', 'public.legacy_tracking')"
         )
         assert cursor.fetchone() == (0,)
-        cursor.execute(
-            "SELECT biomero.max_tracking_id('Legacy', 'Upstream1')"
-        )
+        cursor.execute("SELECT biomero.max_tracking_id('Legacy', 'Upstream1')")
         assert cursor.fetchone() == (5,)
     drop_tables("legacy_events", "legacy_tracking")
     support.delete_applications("Legacy")

@@ -9,13 +9,13 @@ import time
 from typing import Any
 
 import pytest
+import support
 from eventsourcing.persistence import DataError, IntegrityError, ProgrammingError
 from sqlalchemy import create_engine, text
 from sqlalchemy.orm import Session, scoped_session, sessionmaker
+from things import Thing, Tracker
 
 import biomero_tracking
-import support
-from things import Thing, Tracker
 
 CLAIM_LOCK_KIND = 0x6202  # the extension's advisory lock kind of a claim
 

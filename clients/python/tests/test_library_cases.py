@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 from typing import ClassVar
 
+import support
 from eventsourcing.persistence import (
     AggregateRecorder,
     ApplicationRecorder,
@@ -19,7 +20,6 @@ from eventsourcing.tests import application as library_application
 from eventsourcing.tests import persistence as library_persistence
 from eventsourcing.utils import Environment
 
-import support
 from biomero_tracking import (
     BiomeroAggregateRecorder,
     BiomeroApplicationRecorder,
@@ -76,19 +76,17 @@ class TestApplicationRecorderWithPsycopg3(TestApplicationRecorder):
 
 class TestTrackingRecorder(_SharedDatastore, library_persistence.TrackingRecorderTestCase):
     def create_recorder(self) -> TrackingRecorder:
-        return BiomeroTrackingRecorder(
-            self.datastore, application_name=self.new_application_name()
-        )
+        return BiomeroTrackingRecorder(self.datastore, application_name=self.new_application_name())
 
 
 class TestProcessRecorder(_SharedDatastore, library_persistence.ProcessRecorderTestCase):
     def create_recorder(self) -> ProcessRecorder:
-        return BiomeroProcessRecorder(
-            self.datastore, application_name=self.new_application_name()
-        )
+        return BiomeroProcessRecorder(self.datastore, application_name=self.new_application_name())
 
 
-class TestNonInterleavingNotificationIDs(_SharedDatastore, library_persistence.NonInterleavingNotificationIDsBaseCase):
+class TestNonInterleavingNotificationIDs(
+    _SharedDatastore, library_persistence.NonInterleavingNotificationIDsBaseCase
+):
     def create_recorder(self) -> ApplicationRecorder:
         return BiomeroApplicationRecorder(
             self.datastore, application_name=self.new_application_name()
@@ -99,9 +97,7 @@ class CustomTrackingRecorder(BiomeroTrackingRecorder):
     pass
 
 
-class TestInfrastructureFactory(
-    library_persistence.InfrastructureFactoryTestCase[BiomeroFactory]
-):
+class TestInfrastructureFactory(library_persistence.InfrastructureFactoryTestCase[BiomeroFactory]):
     def setUp(self) -> None:
         self.env = Environment(
             "InfrastructureFactoryTest",
@@ -151,7 +147,9 @@ class _ApplicationEnvironment:
                 os.environ[key] = value
 
 
-class TestExampleApplication(_ApplicationEnvironment, library_application.ExampleApplicationTestCase):
+class TestExampleApplication(
+    _ApplicationEnvironment, library_application.ExampleApplicationTestCase
+):
     names = ("BankAccounts", "BankAccounts.snapshots")
     expected_factory_topic = "biomero_tracking.factory:BiomeroFactory"
 

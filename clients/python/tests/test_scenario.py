@@ -6,12 +6,12 @@ BIOMERO SlurmClient does — and runs 44 commands (4 workflows of 11) at the sam
 the others, without retries.
 
 On biomero_tracking — with the scoped session, and again from SQLALCHEMY_URL alone with
-policies writing through ``processing_session`` — the test asserts: no command raised, every command's events are stored
-once, every follower processed every notification exactly once and its read model is
-right, and every tracking position equals the head. The same scenario on stock
-eventsourcing-sqlalchemy (its own tables, another database of the same cluster) must show
-the race — commands that raised or notifications processed more than once — so the
-scenario is known to be able to see it.
+policies writing through ``processing_session`` — the test asserts: no command raised,
+every command's events are stored once, every follower processed every notification
+exactly once and its read model is right, and every tracking position equals the head.
+The same scenario on stock eventsourcing-sqlalchemy (its own tables, another database of
+the same cluster) must show the race — commands that raised or notifications processed
+more than once — so the scenario is known to be able to see it.
 """
 
 from __future__ import annotations
@@ -25,7 +25,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-
 import support
 
 PROCESSES = 4

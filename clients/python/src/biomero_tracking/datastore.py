@@ -60,11 +60,10 @@ _EXCEPTIONS: tuple[tuple[type[Exception], type[PersistenceError]], ...] = (
 def persistence_error(error: sqlalchemy.exc.SQLAlchemyError) -> PersistenceError:
     """The eventsourcing exception for a SQLAlchemy (DB-API) error, with the server's
     message (first line) as its text."""
-    for sqlalchemy_class, library_class in _EXCEPTIONS:
-        if isinstance(error, sqlalchemy_class):
-            break
-    else:
-        library_class = PersistenceError
+    library_class = next(
+        (library for wrapper, library in _EXCEPTIONS if isinstance(error, wrapper)),
+        PersistenceError,
+    )
     original = getattr(error, "orig", None)
     message = str(original if original is not None else error).strip()
     return library_class(message)
@@ -290,9 +289,7 @@ def _is_database_error(error: BaseException) -> bool:
     if isinstance(error, sqlalchemy.exc.DBAPIError):
         return True
     cause = error.__cause__
-    return isinstance(error, PersistenceError) and isinstance(
-        cause, sqlalchemy.exc.DBAPIError
-    )
+    return isinstance(error, PersistenceError) and isinstance(cause, sqlalchemy.exc.DBAPIError)
 
 
 def _rollback_quietly(session: Session) -> None:

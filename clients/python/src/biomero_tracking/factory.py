@@ -1,4 +1,5 @@
-"""The infrastructure factory eventsourcing constructs for ``PERSISTENCE_MODULE=biomero_tracking``."""
+"""The infrastructure factory eventsourcing constructs for
+``PERSISTENCE_MODULE=biomero_tracking``."""
 
 from __future__ import annotations
 

@@ -62,9 +62,7 @@ class ClaimingFollower:
             raise ProgrammingError(msg)
         return session
 
-    def process_event(
-        self, domain_event: DomainEventProtocol[Any], tracking: Tracking
-    ) -> None:
+    def process_event(self, domain_event: DomainEventProtocol[Any], tracking: Tracking) -> None:
         recorder = self.recorder
         if not isinstance(recorder, BiomeroProcessRecorder):
             super().process_event(domain_event, tracking)  # type: ignore[misc]

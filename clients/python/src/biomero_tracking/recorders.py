@@ -47,7 +47,7 @@ _RECORD_EVENTS = text(
 _SELECT_EVENTS = text(
     "SELECT originator_id, originator_version, topic, state "
     "FROM biomero.select_events(:application_name, CAST(:originator_id AS uuid), "
-    ':gt, :lte, :desc, :limit)'
+    ":gt, :lte, :desc, :limit)"
 )
 _SELECT_NOTIFICATIONS = text(
     "SELECT notification_id, originator_id, originator_version, topic, state "
@@ -122,7 +122,7 @@ class BiomeroAggregateRecorder(BiomeroRecorder, AggregateRecorder):
         already recorded (nothing written)."""
         if not stored_events and tracking is None:
             return []
-        params = {
+        params: dict[str, Any] = {
             "application_name": self.application_name,
             "originator_ids": [str(e.originator_id) for e in stored_events],
             "originator_versions": [e.originator_version for e in stored_events],
@@ -294,7 +294,7 @@ class BiomeroSubscription(ListenNotifySubscription[BiomeroApplicationRecorder]):
         try:
             connection = self._recorder.datastore.engine.raw_connection()
             try:
-                dbapi = connection.driver_connection
+                dbapi: Any = connection.driver_connection
                 dbapi.autocommit = True
                 cursor = dbapi.cursor()
                 cursor.execute(f"LISTEN {NOTIFY_CHANNEL}")
