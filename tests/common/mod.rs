@@ -96,3 +96,240 @@ pub fn connect_to(database: &str) -> Client {
         .connect(postgres::NoTls)
         .unwrap_or_else(|error| panic!("connect to database {database}: {error}"))
 }
+
+// ----------------------------------------------------------------------------------------
+// Faults, backups and long runs: the server's files and processes, other databases,
+// reconnecting across restarts, and the invariants every test checks afterwards.
+
+/// Where the server's programs are (pg_ctl, pg_dump, pg_restore, psql).
+pub const PG_BIN: &str = "/usr/lib/postgresql/15/bin";
+
+/// The test server's data directory, port and socket directory, as it reports them.
+#[derive(Clone, Debug)]
+pub struct ServerInfo {
+    pub data_directory: String,
+    pub port: u16,
+    pub socket_directory: String,
+}
+
+pub fn server_info(client: &mut Client) -> ServerInfo {
+    let row = client
+        .query_one(
+            "SELECT current_setting('data_directory'), current_setting('port')::int4, \
+             split_part(current_setting('unix_socket_directories'), ',', 1)",
+            &[],
+        )
+        .unwrap();
+    ServerInfo {
+        data_directory: row.get(0),
+        port: u16::try_from(row.get::<_, i32>(1)).unwrap(),
+        socket_directory: row.get(2),
+    }
+}
+
+/// The test server's info, asked once per test binary (it does not change across restarts).
+pub fn test_server() -> ServerInfo {
+    static INFO: std::sync::OnceLock<ServerInfo> = std::sync::OnceLock::new();
+    INFO.get_or_init(|| server_info(&mut connect())).clone()
+}
+
+/// Runs a program as the user that owns the server's files and processes (`postgres` when the
+/// tests run as root with `CARGO_PGRX_TEST_RUNAS=postgres`).
+pub fn run_as_server_owner(program: &str, args: &[&str]) -> std::process::Output {
+    let owner = pgrx_tests::get_pg_user();
+    let me = std::env::var("USER").unwrap_or_default();
+    let mut command = if owner == me {
+        std::process::Command::new(program)
+    } else {
+        let mut sudo = std::process::Command::new("sudo");
+        sudo.args(["-u", &owner, program]);
+        sudo
+    };
+    command
+        .args(args)
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap_or_else(|error| panic!("cannot run {program}: {error}"))
+}
+
+/// A new session to `database` on the test server, or the error.
+pub fn try_connect_to(database: &str) -> Result<Client, postgres::Error> {
+    let mut client = postgres::Config::new()
+        .host("localhost")
+        .port(test_server().port)
+        .user(&pgrx_tests::get_pg_user())
+        .dbname(database)
+        .connect_timeout(std::time::Duration::from_secs(5))
+        .connect(postgres::NoTls)?;
+    client.batch_execute("SET log_statement = 'none'; SET log_min_duration_statement = -1")?;
+    Ok(client)
+}
+
+/// A new session to the tests' database, retrying while the server restarts or recovers
+/// (connection refused, 57P03 "the database system is starting up / in recovery mode").
+pub fn connect_when_ready(timeout: std::time::Duration) -> Client {
+    let database = pgrx_tests::get_pg_dbname();
+    test_server();
+    let deadline = std::time::Instant::now() + timeout;
+    loop {
+        match try_connect_to(database) {
+            Ok(client) => return client,
+            Err(error) if std::time::Instant::now() < deadline => {
+                let _ = error;
+                std::thread::sleep(std::time::Duration::from_millis(50));
+            }
+            Err(error) => panic!("the server did not accept sessions within {timeout:?}: {error}"),
+        }
+    }
+}
+
+pub fn backend_pid(client: &mut Client) -> i32 {
+    client
+        .query_one("SELECT pg_backend_pid()", &[])
+        .unwrap()
+        .get(0)
+}
+
+/// The extension's lock kinds as `pg_locks.objsubid` shows them.
+pub const APPEND_LOCK: i16 = 0x6201;
+pub const CLAIM_LOCK: i16 = 0x6202;
+
+/// Waits until backend `pid` is blocked waiting for one of the extension's locks of `kind`.
+pub fn wait_until_blocked(observer: &mut Client, pid: i32, kind: i16) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let waiting: i64 = observer
+            .query_one(
+                "SELECT count(*) FROM pg_locks WHERE pid = $1 AND NOT granted \
+                 AND locktype = 'advisory' AND objsubid = $2",
+                &[&pid, &kind],
+            )
+            .unwrap()
+            .get(0);
+        if waiting > 0 {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "backend {pid} did not start waiting for lock kind {kind:#x}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+}
+
+/// The extension's locks held or awaited by anyone, as (pid, objsubid, granted).
+pub fn extension_locks(client: &mut Client) -> Vec<(i32, i16, bool)> {
+    client
+        .query(
+            "SELECT pid, objsubid::int2, granted FROM pg_locks \
+             WHERE locktype = 'advisory' AND objsubid IN (25089, 25090) ORDER BY pid",
+            &[],
+        )
+        .unwrap()
+        .iter()
+        .map(|row| (row.get(0), row.get(1), row.get(2)))
+        .collect()
+}
+
+/// Invariants over everything stored in the database `client` is connected to: per
+/// application the ids are exactly 1..=n, each aggregate version is stored once, every
+/// position is positive, and both tables still exist. Returns (applications, events).
+pub fn assert_store_invariants(client: &mut Client) -> (i64, i64) {
+    let tables: i64 = client
+        .query_one(
+            "SELECT count(*) FROM pg_tables WHERE schemaname = 'biomero' \
+             AND tablename IN ('events', 'tracking')",
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    assert_eq!(tables, 2, "biomero.events and biomero.tracking must exist");
+    let holes: Vec<(String, i64, i64, i64)> = client
+        .query(
+            "SELECT application_name, count(*), min(notification_id), max(notification_id) \
+             FROM biomero.events GROUP BY application_name \
+             HAVING min(notification_id) <> 1 OR max(notification_id) <> count(*)",
+            &[],
+        )
+        .unwrap()
+        .iter()
+        .map(|row| (row.get(0), row.get(1), row.get(2), row.get(3)))
+        .collect();
+    assert!(
+        holes.is_empty(),
+        "ids not contiguous from 1 (application, count, min, max): {holes:?}"
+    );
+    let duplicate_versions: i64 = client
+        .query_one(
+            "SELECT count(*) FROM (SELECT 1 FROM biomero.events \
+             GROUP BY application_name, originator_id, originator_version \
+             HAVING count(*) > 1) d",
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    assert_eq!(
+        duplicate_versions, 0,
+        "an aggregate version is stored twice"
+    );
+    let bad_positions: i64 = client
+        .query_one(
+            "SELECT count(*) FROM biomero.tracking WHERE notification_id <= 0",
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    assert_eq!(bad_positions, 0, "a tracking position <= 0 is stored");
+    let row = client
+        .query_one(
+            "SELECT count(DISTINCT application_name), count(*) FROM biomero.events",
+            &[],
+        )
+        .unwrap();
+    (row.get(0), row.get(1))
+}
+
+/// Resident memory of one process from /proc/<pid>/status, in kB: `field` is `VmRSS`
+/// (everything resident, including shared buffers the process has touched) or `RssAnon`
+/// (its private memory, where a leak shows). None when the process is gone.
+pub fn resident_kb(pid: i32, field: &str) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status.lines().find_map(|line| {
+        let rest = line.strip_prefix(field)?.strip_prefix(':')?;
+        rest.trim().trim_end_matches("kB").trim().parse().ok()
+    })
+}
+
+/// The postmaster's pid and those of all its children (backends and auxiliary processes).
+pub fn server_pids(data_directory: &str) -> Vec<i32> {
+    let postmaster: i32 = std::fs::read_to_string(format!("{data_directory}/postmaster.pid"))
+        .ok()
+        .and_then(|text| {
+            text.lines()
+                .next()
+                .and_then(|line| line.trim().parse().ok())
+        })
+        .expect("postmaster.pid names the postmaster");
+    let mut pids = vec![postmaster];
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|n| n.parse::<i32>().ok())
+        else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+            continue;
+        };
+        // "pid (comm) state ppid ...": comm may contain spaces, so split after the last ')'.
+        let parent = stat
+            .rsplit_once(')')
+            .and_then(|(_, rest)| rest.split_whitespace().nth(1))
+            .and_then(|ppid| ppid.parse::<i32>().ok());
+        if parent == Some(postmaster) {
+            pids.push(pid);
+        }
+    }
+    pids
+}
