@@ -40,7 +40,7 @@ fn select_notifications(
     start: Option<i64>,
     limit: Option<i64>,
     stop: default!(Option<i64>, "NULL"),
-    topics: default!(Option<Vec<String>>, "'{}'"),
+    topics: default!(Option<Array<&str>>, "'{}'"),
     inclusive_of_start: default!(Option<bool>, true),
 ) -> TableIterator<
     'static,
@@ -56,12 +56,11 @@ fn select_notifications(
         let application = input::name(application_name, "application_name")?;
         let limit = input::limit(Some(input::required(limit, "\"limit\"")?))?;
         let topics = input::required(topics, "topics")?;
-        let inclusive = input::required(inclusive_of_start, "inclusive_of_start")?;
-        if topics.iter().any(|topic| topic.is_empty()) {
-            return Err(crate::error::Error::InvalidArgument(
-                "topics must not contain empty strings".to_string(),
-            ));
+        let mut wanted = Vec::with_capacity(topics.len());
+        for (index, topic) in topics.iter().enumerate() {
+            wanted.push(input::topic(topic, &format!("topics[{}]", index + 1))?);
         }
+        let inclusive = input::required(inclusive_of_start, "inclusive_of_start")?;
         // Start bounds as `notification_id > lower`, so the index scan starts in the right place.
         let lower = start.map(|start| {
             if inclusive {
@@ -83,7 +82,7 @@ fn select_notifications(
                 application.into(),
                 lower.into(),
                 stop.into(),
-                topics.into(),
+                wanted.into(),
                 limit.into(),
             ],
         )

@@ -276,7 +276,7 @@ fn bad_input_gets_its_sqlstate_and_writes_nothing() {
         (format!("SELECT biomero.record_event(NULL, {u}, 0, 't', '')"), null.clone()),
         (format!("SELECT biomero.record_event('', {u}, 0, 't', '')"), invalid.clone()),
         (format!("SELECT biomero.record_event(repeat('é', 256), {u}, 0, 't', '')"), invalid.clone()),
-        (format!("SELECT biomero.record_event('$A', NULL, 0, 't', '')"), null.clone()),
+        ("SELECT biomero.record_event('$A', NULL, 0, 't', '')".into(), null.clone()),
         (format!("SELECT biomero.record_event('$A', {u}, NULL, 't', '')"), null.clone()),
         (format!("SELECT biomero.record_event('$A', {u}, -1, 't', '')"), invalid.clone()),
         (format!("SELECT biomero.record_event('$A', {u}, 0, NULL, '')"), null.clone()),
@@ -299,7 +299,7 @@ fn bad_input_gets_its_sqlstate_and_writes_nothing() {
             null.clone(),
         ),
         (
-            format!("SELECT biomero.record_events('$A', NULL, ARRAY[1], ARRAY['t'], ARRAY[''::bytea])"),
+            "SELECT biomero.record_events('$A', NULL, ARRAY[1], ARRAY['t'], ARRAY[''::bytea])".into(),
             null.clone(),
         ),
         ("SELECT biomero.record_tracking('$A', 'U', 0)".into(), invalid.clone()),
@@ -331,7 +331,11 @@ fn bad_input_gets_its_sqlstate_and_writes_nothing() {
             db_message(&error)
         );
         assert!(!db_message(&error).is_empty());
-        assert_eq!(count(&mut client, &totals), before, "{call} wrote something");
+        assert_eq!(
+            count(&mut client, &totals),
+            before,
+            "{call} wrote something"
+        );
     }
 }
 
@@ -350,42 +354,25 @@ fn stricter_isolation_levels_see_contention_only_as_retryable_serialization_fail
             )
             .unwrap();
 
-        let conflicts: [(&str, Box<dyn Fn(&mut Client)>); 3] = [
-            (
-                "record_event",
-                Box::new(|c: &mut Client| {
-                    record(c, &application).unwrap();
-                }),
-            ),
-            (
-                "record_tracking",
-                Box::new(|c: &mut Client| {
-                    c.execute(
-                        "SELECT biomero.record_tracking($1, $2, 5)",
-                        &[&follower, &upstream],
-                    )
-                    .unwrap();
-                }),
-            ),
-            (
-                "claim",
-                Box::new(|c: &mut Client| {
-                    c.execute(
-                        "SELECT biomero.record_tracking($1, $2, 9)",
-                        &[&follower, &upstream],
-                    )
-                    .unwrap();
-                }),
-            ),
-        ];
-        for (function, commit_concurrently) in conflicts {
+        for (function, position) in [("record_event", 0i64), ("record_tracking", 5), ("claim", 9)] {
             let mut tx = stale
                 .build_transaction()
                 .isolation_level(isolation)
                 .start()
                 .unwrap();
-            tx.query_one("SELECT 1", &[]).unwrap(); // the snapshot is taken here
-            commit_concurrently(&mut other);
+            // The snapshot is taken here; then another session commits what this
+            // transaction would have to build on.
+            tx.query_one("SELECT 1", &[]).unwrap();
+            if function == "record_event" {
+                record(&mut other, &application).unwrap();
+            } else {
+                other
+                    .execute(
+                        "SELECT biomero.record_tracking($1, $2, $3)",
+                        &[&follower, &upstream, &position],
+                    )
+                    .unwrap();
+            }
             let call = match function {
                 "record_event" => tx
                     .query_one(

@@ -291,6 +291,20 @@ mod tests {
         Spi::run("SELECT * FROM biomero.select_notifications('A', 1, NULL)").unwrap();
     }
 
+    #[pg_test(error = "topics[2] must not be NULL")]
+    fn test_select_notifications_null_topic() {
+        Spi::run(
+            "SELECT * FROM biomero.select_notifications('A', 1, 5, topics => ARRAY['t', NULL])",
+        )
+        .unwrap();
+    }
+
+    #[pg_test(error = "topics[1] must not be empty")]
+    fn test_select_notifications_empty_topic() {
+        Spi::run("SELECT * FROM biomero.select_notifications('A', 1, 5, topics => ARRAY[''])")
+            .unwrap();
+    }
+
     #[pg_test]
     fn test_select_events_versions() {
         for version in 0..5 {
