@@ -38,6 +38,10 @@ pub enum Error {
     #[error("canceling statement while waiting for {0}")]
     Canceled(String),
 
+    /// A function of an older release called before `ALTER EXTENSION … UPDATE`.
+    #[error("{0} needs the extension's update: run ALTER EXTENSION biomero_tracking UPDATE")]
+    UpdateRequired(&'static str),
+
     #[error("internal SPI error: {0}")]
     Spi(#[from] pgrx::spi::Error),
 }
@@ -51,6 +55,7 @@ impl Error {
             Error::SerializationFailure(_) => PgSqlErrorCode::ERRCODE_T_R_SERIALIZATION_FAILURE,
             Error::LockTimeout(_) => PgSqlErrorCode::ERRCODE_LOCK_NOT_AVAILABLE,
             Error::Canceled(_) => PgSqlErrorCode::ERRCODE_QUERY_CANCELED,
+            Error::UpdateRequired(_) => PgSqlErrorCode::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
             Error::Spi(_) => PgSqlErrorCode::ERRCODE_INTERNAL_ERROR,
         }
     }

@@ -21,6 +21,7 @@ mod tests;
 ::pgrx::pg_module_magic!();
 
 extension_sql_file!("../sql/schema.sql", name = "schema", bootstrap);
+extension_sql_file!("../sql/read.sql", name = "read", requires = ["schema"]);
 extension_sql_file!("../sql/adopt.sql", name = "adopt", requires = ["schema"]);
 extension_sql_file!("../sql/privileges.sql", name = "privileges", finalize);
 

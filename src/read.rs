@@ -1,6 +1,8 @@
-//! Reads: notifications in id order, one aggregate's events, heads and positions.
+//! Reads: one aggregate's events, heads and positions. `select_notifications`, which returns
+//! pages of up to thousands of rows, is PL/pgSQL (`sql/read.sql`): it passes the rows of its
+//! index scan through without converting each column to Rust and back.
 
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::input;
 use pgrx::prelude::*;
 use pgrx::Uuid;
@@ -28,66 +30,6 @@ fn event_rows(
         Ok::<_, pgrx::spi::Error>(rows)
     })?;
     Ok(TableIterator::new(rows))
-}
-
-/// Notifications of `application_name` in id order: from `start` (NULL: the beginning;
-/// exclusive when `inclusive_of_start` is false) up to `stop` (inclusive, NULL: no bound),
-/// at most `limit`, only the given `topics` when the array is not empty.
-#[pg_extern(stable, parallel_safe)]
-#[search_path(pg_catalog, pg_temp)]
-fn select_notifications(
-    application_name: Option<&str>,
-    start: Option<i64>,
-    limit: Option<i64>,
-    stop: default!(Option<i64>, "NULL"),
-    topics: default!(Option<Array<&str>>, "'{}'"),
-    inclusive_of_start: default!(Option<bool>, true),
-) -> TableIterator<
-    'static,
-    (
-        name!(notification_id, i64),
-        name!(originator_id, Uuid),
-        name!(originator_version, i64),
-        name!(topic, String),
-        name!(state, Vec<u8>),
-    ),
-> {
-    let run = || {
-        let application = input::name(application_name, "application_name")?;
-        let limit = input::limit(Some(input::required(limit, "\"limit\"")?))?;
-        let topics = input::required(topics, "topics")?;
-        let mut wanted = Vec::with_capacity(topics.len());
-        for (index, topic) in topics.iter().enumerate() {
-            wanted.push(input::topic(topic, &format!("topics[{}]", index + 1))?);
-        }
-        let inclusive = input::required(inclusive_of_start, "inclusive_of_start")?;
-        // Start bounds as `notification_id > lower`, so the index scan starts in the right place.
-        let lower = start.map(|start| {
-            if inclusive {
-                start.saturating_sub(1)
-            } else {
-                start
-            }
-        });
-        event_rows(
-            "SELECT notification_id, originator_id, originator_version, topic, state \
-             FROM biomero.events \
-             WHERE application_name = $1 \
-               AND notification_id > coalesce($2, -9223372036854775808) \
-               AND notification_id <= coalesce($3, 9223372036854775807) \
-               AND (cardinality($4::text[]) = 0 OR topic = ANY ($4)) \
-             ORDER BY notification_id \
-             LIMIT $5",
-            &[
-                application.into(),
-                lower.into(),
-                stop.into(),
-                wanted.into(),
-                limit.into(),
-            ],
-        )
-    };
-    run().unwrap_or_else(|error| error.raise())
 }
 
 macro_rules! aggregate_events_query {
@@ -149,6 +91,14 @@ fn select_events(
         )
     };
     run().unwrap_or_else(|error| error.raise())
+}
+
+/// The entry point of the 0.1.0 `select_notifications`, which was implemented here (it is
+/// PL/pgSQL now, in `sql/read.sql`). A database still at 0.1.0 calls it until it runs `ALTER
+/// EXTENSION biomero_tracking UPDATE`; it says so instead of failing on a missing symbol.
+#[pg_extern(sql = false)]
+fn select_notifications() -> i64 {
+    Error::UpdateRequired("biomero.select_notifications").raise()
 }
 
 /// The highest notification id of `application_name`, NULL when it has no events.

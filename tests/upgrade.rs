@@ -87,9 +87,37 @@ fn update_from_the_first_release_keeps_data_objects_and_guarantees() {
         .map(|r| (r.get(0), r.get(1), r.get(2), r.get(3), r.get(4), r.get(5)))
         .collect();
 
+    // Before the update, a function whose implementation moved out of the library says what
+    // to do rather than failing on a missing symbol.
+    let stale = upgraded
+        .query(
+            "SELECT * FROM biomero.select_notifications('WorkflowTracker', NULL, 10)",
+            &[],
+        )
+        .unwrap_err();
+    assert_eq!(
+        stale.code(),
+        Some(&SqlState::OBJECT_NOT_IN_PREREQUISITE_STATE)
+    );
+    let message = stale.as_db_error().unwrap().message().to_string();
+    assert!(
+        message.ends_with("run ALTER EXTENSION biomero_tracking UPDATE"),
+        "{message}"
+    );
+
     upgraded
         .batch_execute("ALTER EXTENSION biomero_tracking UPDATE")
         .unwrap();
+    let page: Vec<i64> = upgraded
+        .query(
+            "SELECT originator_version FROM biomero.select_notifications('WorkflowTracker', NULL, 10)",
+            &[],
+        )
+        .unwrap()
+        .iter()
+        .map(|row| row.get(0))
+        .collect();
+    assert_eq!(page, vec![0, 1, 2, 3, 4]);
 
     let version: String = upgraded
         .query_one(
