@@ -41,13 +41,18 @@ install -d -o postgres -g postgres /var/tmp/pgrx-test
 if [ -f clients/python/requirements-test.txt ]; then
     venv=clients/python/.venv
     stamp="$venv/.installed"
-    if [ ! -f "$stamp" ] || ! cmp -s clients/python/requirements-test.txt "$stamp"; then
+    # Rebuilt when the pinned versions or the package's metadata change.
+    wanted=$(cat clients/python/requirements-test.txt clients/python/pyproject.toml)
+    if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$wanted" ]; then
         say "creating the Python test environment in $venv"
-        python3 -m venv "$venv"
+        python3 -m venv --clear "$venv"
         "$venv/bin/pip" install --quiet --upgrade pip
-        "$venv/bin/pip" install --quiet -r clients/python/requirements-test.txt
+        # Every dependency is pinned in the file, so nothing is resolved: BIOMERO's pinned
+        # psycopg2 (a source build needing libpq-dev and a compiler) is left out, and
+        # psycopg2-binary, listed there, provides the same module.
+        "$venv/bin/pip" install --quiet --no-deps -r clients/python/requirements-test.txt
         "$venv/bin/pip" install --quiet --no-deps -e clients/python
-        cp clients/python/requirements-test.txt "$stamp"
+        printf '%s' "$wanted" >"$stamp"
     fi
 fi
 say "ready"
