@@ -4,7 +4,9 @@ database.
 Each follower writes one of BIOMERO's read-model tables and keeps what it needs to fill it
 (which user and group a workflow belongs to, which workflow a task is in, ...) in tables
 of its own, read back inside the transaction that processes the notification: nothing is
-kept in process memory, so whichever process wins a notification has the whole state.
+kept in process memory, so whichever process wins a notification has the whole state, and
+notifications another process processed need no replay here (``replay_processed_elsewhere``
+is off: a replay would only cost a rolled-back transaction).
 Every processing also appends an audit row (follower, notification id, process id), which
 is how the test counts how often each notification was processed. Read-model inserts are
 idempotent (ON CONFLICT DO NOTHING), as defensive view code usually is, so that on the
@@ -78,6 +80,7 @@ Handler = Callable[[Session, Any], None]
 class View(Base):  # type: ignore[misc,valid-type]
     """Common policy: audit, dispatch on the event class, and (stock only) commit."""
 
+    replay_processed_elsewhere = False  # the state is in the database
     handlers: dict[type, Handler] = {}
 
     def policy(self, domain_event: Any, processing_event: Any) -> None:

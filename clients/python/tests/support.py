@@ -52,20 +52,37 @@ def admin(database: str | None = None) -> Iterator[psycopg2.extensions.cursor]:
         connection.close()
 
 
-def recreate_database(name: str, *, extension: bool) -> str:
-    """Drops and creates database ``name`` (with the extension when asked); returns its URL."""
+def create_database(prefix: str, *, extension: bool) -> str:
+    """Creates a database named ``prefix`` plus a random suffix, so that runs sharing a
+    server never meet (with the extension when asked); returns its name."""
+    name = unique_name(prefix)
     with admin() as cursor:
-        cursor.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
         cursor.execute(f'CREATE DATABASE "{name}"')
     if extension:
         with admin(name) as cursor:
             cursor.execute("CREATE EXTENSION biomero_tracking")
-    return url(name)
+    return name
 
 
 def drop_database(name: str) -> None:
     with admin() as cursor:
         cursor.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@contextmanager
+def scratch_database(prefix: str, *, extension: bool) -> Iterator[str]:
+    """A database of this run only (see :func:`create_database`), dropped afterwards."""
+    name = create_database(prefix, extension=extension)
+    try:
+        yield name
+    finally:
+        drop_database(name)
+
+
+def database_exists(name: str) -> bool:
+    with admin() as cursor:
+        cursor.execute("SELECT count(*) FROM pg_database WHERE datname = %s", (name,))
+        return bool(cursor.fetchone()[0])
 
 
 def delete_applications(*names: str) -> None:

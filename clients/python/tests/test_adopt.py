@@ -58,8 +58,18 @@ NEW_ENVIRONMENT = {"PERSISTENCE_MODULE": "biomero_tracking"}
 
 
 @pytest.fixture(scope="module", autouse=True)
-def _import_function() -> None:
-    """scripts/test-python.sh loads sql/adopt.sql unless the installed extension has it."""
+def _own_database() -> Any:
+    """These tests name their tables and applications: a database of this run keeps them
+    apart from another run's on the same server."""
+    with support.scratch_database("adopt", extension=True) as database:
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setenv("BIOMERO_TEST_URL", support.url(database))
+            yield
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _import_function(_own_database: None) -> None:
+    """Loads sql/adopt.sql unless the installed extension has it (a release before 0.2.0)."""
     with support.admin() as cursor:
         cursor.execute(
             "SELECT to_regprocedure('biomero.import_eventsourcing(text,regclass,regclass,text)')"

@@ -72,13 +72,18 @@ def run_processes(stack: str, url: str) -> list[dict[str, Any]]:
     return results
 
 
-def prepare(database: str, *, extension: bool) -> str:
-    url = support.recreate_database(database, extension=extension)
+def prepare(prefix: str, *, extension: bool) -> str:
+    """A database of this run (dropped at the end of the module) with the read models."""
+    database = support.create_database(prefix, extension=extension)
+    DATABASES.append(database)
     import scenario_views
 
     with support.admin(database) as cursor:
         cursor.execute(scenario_views.READ_MODEL_DDL)
-    return url
+    return database
+
+
+DATABASES: list[str] = []
 
 
 def expected_events(results: list[dict[str, Any]]) -> int:
@@ -171,9 +176,8 @@ def report(stack: str, figures: dict[str, Any]) -> None:
 def test_biomero_tracking_processes_every_notification_exactly_once(
     stack: str, configuration: str
 ) -> None:
-    database = f"scenario_{stack.replace('-', '_')}"
-    url = prepare(database, extension=True)
-    results = run_processes(stack, url)
+    database = prepare(f"scenario_{stack.replace('-', '_')}", extension=True)
+    results = run_processes(stack, support.url(database))
     with support.admin(database) as cursor:
         cursor.execute(
             "SELECT count(*), coalesce(max(notification_id), 0), count(*) FILTER "
@@ -231,9 +235,9 @@ def test_biomero_tracking_processes_every_notification_exactly_once(
 
 
 def test_stock_eventsourcing_sqlalchemy_shows_the_race() -> None:
-    url = prepare("scenario_stock", extension=False)
-    results = run_processes("stock", url)
-    with support.admin("scenario_stock") as cursor:
+    database = prepare("scenario_stock", extension=False)
+    results = run_processes("stock", support.url(database))
+    with support.admin(database) as cursor:
         cursor.execute(
             "SELECT count(*), coalesce(max(id), 0), count(*) FILTER "
             "(WHERE topic LIKE '%WorkflowInitiated') FROM workflowtracker_events"
@@ -246,7 +250,7 @@ def test_stock_eventsourcing_sqlalchemy_shows_the_race() -> None:
                 "WHERE application_name = 'WorkflowTracker'"
             )
             positions[follower] = cursor.fetchone()[0]
-    duplicates, missing, _ = processing_figures("scenario_stock", head)
+    duplicates, missing, _ = processing_figures(database, head)
     errors = [error for result in results for error in result["errors"]]
     figures = {
         "processes": PROCESSES,
@@ -259,7 +263,7 @@ def test_stock_eventsourcing_sqlalchemy_shows_the_race() -> None:
         "workflows": PROCESSES * WORKFLOWS_PER_PROCESS,
         "duplicates": duplicates,
         "missing": missing,
-        "faults": read_model_faults("scenario_stock"),
+        "faults": read_model_faults(database),
         "positions": positions,
         "head": head,
         "seconds": max(result["seconds"] for result in results),
@@ -272,6 +276,5 @@ def test_stock_eventsourcing_sqlalchemy_shows_the_race() -> None:
 @pytest.fixture(scope="module", autouse=True)
 def _drop_databases() -> Any:
     yield
-    support.drop_database("scenario_biomero")
-    support.drop_database("scenario_biomero_url")
-    support.drop_database("scenario_stock")
+    for database in DATABASES:
+        support.drop_database(database)

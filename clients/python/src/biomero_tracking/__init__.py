@@ -6,7 +6,9 @@ Set ``PERSISTENCE_MODULE=biomero_tracking`` and either ``SQLALCHEMY_URL`` or
 same follower process every notification exactly once.
 """
 
-from biomero_tracking.datastore import Datastore
+from importlib.metadata import version
+
+from biomero_tracking.datastore import Datastore, Processing
 from biomero_tracking.factory import BiomeroFactory
 from biomero_tracking.follower import ClaimingFollower, ProcessApplication
 from biomero_tracking.recorders import (
@@ -33,6 +35,7 @@ __all__ = [
     "Datastore",
     "Factory",
     "ProcessApplication",
+    "Processing",
 ]
 
-__version__ = "0.1.0"
+__version__ = version("biomero-tracking")

@@ -2,23 +2,28 @@
 
 Two ways to reach the database, chosen by the factory from the environment:
 
-* ``SQLALCHEMY_URL``: the datastore owns an engine. A recorder call outside a transaction
-  is one statement in autocommit mode (one round trip); inside one (a follower's
-  processing, or :meth:`Datastore.transaction`) it joins it.
+* ``SQLALCHEMY_URL``: the datastore owns an engine. A recorder call is one statement in
+  autocommit mode (one round trip).
 * ``SQLALCHEMY_SCOPED_SESSION_TOPIC``: the application supplies a scoped session and owns the
   unit of work. Recorders run their statements in it and never commit it; the application
-  commits (for example once per command). Follower processing is the exception: it commits
-  each processed notification itself (see :meth:`Datastore.processing_transaction`).
+  commits (for example once per command).
+
+Either way a follower processes each notification in a :class:`Processing` transaction of
+its own, on a connection of the engine: the recorders' statements run on that connection,
+and the policy gets a session joined to it with savepoints, which is also what the scoped
+session's registry returns while the policy runs. Commits, rollbacks and closes the policy
+makes on it stay inside the processing transaction, which commits once, at the end.
 """
 
 from __future__ import annotations
 
 import itertools
+import time
 from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass
 from threading import Lock
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import sqlalchemy.exc
 from eventsourcing.persistence import (
@@ -36,32 +41,42 @@ from sqlalchemy import create_engine, text
 from sqlalchemy.orm import Session, sessionmaker
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Iterator
+    from collections.abc import Callable, Iterator, Sequence
 
-    from sqlalchemy.engine import Engine
+    from sqlalchemy.engine import Connection, Engine, Row
 
-# SQLAlchemy's wrappers of the DB-API exceptions, most specific first, and the library's
-# exception each becomes. psycopg2 and psycopg choose the DB-API class from the SQLSTATE
-# class: 23 (23505, the extension's only unique violation: a duplicate aggregate version)
-# is an IntegrityError, 22 (22004, 22023: bad input) a DataError, 40001 (serialization
-# failure), 55P03 (lock timeout) and 57014 (statement timeout) OperationalErrors.
-_EXCEPTIONS: tuple[tuple[type[Exception], type[PersistenceError]], ...] = (
-    (sqlalchemy.exc.IntegrityError, IntegrityError),
-    (sqlalchemy.exc.DataError, DataError),
-    (sqlalchemy.exc.OperationalError, OperationalError),
-    (sqlalchemy.exc.ProgrammingError, ProgrammingError),
-    (sqlalchemy.exc.InternalError, InternalError),
-    (sqlalchemy.exc.NotSupportedError, NotSupportedError),
-    (sqlalchemy.exc.InterfaceError, InterfaceError),
-    (sqlalchemy.exc.DatabaseError, DatabaseError),
-)
+#: How often a statement is tried when its connection turns out to be dropped (a server
+#: restart, an idle connection cut by a firewall), and the pause between tries. Only
+#: statements that were first in their transaction are tried again: nothing else was lost.
+RECONNECT_ATTEMPTS = 5
+RECONNECT_PAUSE = 0.2
+
+# The library's exception for each DB-API exception class, by the PEP 249 names that
+# psycopg2, psycopg and SQLAlchemy's wrappers all use, most specific first. The drivers
+# choose the class from the SQLSTATE: 23505 (a duplicate aggregate version, the
+# extension's only unique violation) is an IntegrityError, 22004/22023 (bad input) a
+# DataError, 40001, 55P03, 57014 and dropped connections OperationalErrors.
+_LIBRARY_EXCEPTIONS: dict[str, type[PersistenceError]] = {
+    "IntegrityError": IntegrityError,
+    "DataError": DataError,
+    "OperationalError": OperationalError,
+    "ProgrammingError": ProgrammingError,
+    "InternalError": InternalError,
+    "NotSupportedError": NotSupportedError,
+    "InterfaceError": InterfaceError,
+    "DatabaseError": DatabaseError,
+}
 
 
-def persistence_error(error: sqlalchemy.exc.SQLAlchemyError) -> PersistenceError:
-    """The eventsourcing exception for a SQLAlchemy (DB-API) error, with the server's
-    message (first line) as its text."""
+def persistence_error(error: BaseException) -> PersistenceError:
+    """The eventsourcing exception for a SQLAlchemy or DB-API driver error, with the
+    server's message as its text."""
     library_class = next(
-        (library for wrapper, library in _EXCEPTIONS if isinstance(error, wrapper)),
+        (
+            _LIBRARY_EXCEPTIONS[cls.__name__]
+            for cls in type(error).__mro__
+            if cls.__name__ in _LIBRARY_EXCEPTIONS
+        ),
         PersistenceError,
     )
     original = getattr(error, "orig", None)
@@ -69,21 +84,137 @@ def persistence_error(error: sqlalchemy.exc.SQLAlchemyError) -> PersistenceError
     return library_class(message)
 
 
-def sqlstate(error: BaseException) -> str | None:
-    """The SQLSTATE of a psycopg2 or psycopg error wrapped by SQLAlchemy, if any."""
-    original = getattr(error, "orig", error)
-    return getattr(original, "pgcode", None) or getattr(original, "sqlstate", None)
+def _is_dropped_connection(error: sqlalchemy.exc.DBAPIError) -> bool:
+    return bool(error.connection_invalidated)
+
+
+class _Executor(Protocol):
+    def execute(self, statement: Any, params: dict[str, Any]) -> Any: ...
 
 
 @dataclass
 class _Transaction:
-    session: Session
-    commit: bool
-    owned: bool
+    """The transaction this thread is in on one datastore: a follower's processing."""
+
+    processing: Processing
+
+
+class Processing:
+    """The transaction in which a follower processes one notification.
+
+    Recorder statements run on its connection (:meth:`execute`); the policy runs with
+    :meth:`policy_session`, a session joined to the same connection with savepoints
+    (``join_transaction_mode="create_savepoint"``): its ``commit()`` releases a savepoint,
+    its ``rollback()`` and ``close()`` roll back to one, so nothing the policy does on it
+    ends this transaction. The datastore commits it once, or rolls it back, at the end.
+    """
+
+    def __init__(self, datastore: Datastore) -> None:
+        self._datastore = datastore
+        self._connection: Connection | None = None
+        self._session: Session | None = None
+        self._statements = 0
+        self._attempts = 0
+        self.discarded = False
+
+    def discard(self) -> None:
+        """Roll back at the end instead of committing."""
+        self.discarded = True
+
+    def _connect(self) -> Connection:
+        if self._connection is None:
+            self._connection = self._datastore.engine.connect()
+            self._connection.begin()
+        return self._connection
+
+    def execute(self, statement: Any, params: dict[str, Any]) -> Any:
+        while True:
+            connection = self._connect()
+            try:
+                result = connection.execute(statement, params)
+            except sqlalchemy.exc.DBAPIError as error:
+                # The first statement may retry on a new connection: nothing is lost yet.
+                self._attempts += 1
+                if (
+                    _is_dropped_connection(error)
+                    and self._statements == 0
+                    and self._session is None
+                    and self._attempts < RECONNECT_ATTEMPTS
+                ):
+                    self._close_connection()
+                    time.sleep(RECONNECT_PAUSE)
+                    continue
+                raise persistence_error(error) from error
+            self._statements += 1
+            return result
+
+    @contextmanager
+    def policy_session(self) -> Iterator[Session]:
+        """The policy's session, also installed in the application's scoped session
+        registry while the block runs; at its end pending ORM changes are flushed and
+        the last savepoint released."""
+        if self._session is None:
+            self._session = self._datastore.joined_session(self._connect())
+        session = self._session
+        with self._datastore.installed_in_registry(session):
+            yield session
+            session.commit()
+
+    @property
+    def session(self) -> Session | None:
+        return self._session
+
+    def finish(self) -> None:
+        if self._connection is None:
+            return
+        if self.discarded:
+            self._connection.rollback()
+            return
+        try:
+            self._connection.commit()
+        except sqlalchemy.exc.DBAPIError as error:
+            raise persistence_error(error) from error
+
+    def close(self) -> None:
+        if self._session is not None:
+            session, self._session = self._session, None
+            try:
+                session.close()
+            except sqlalchemy.exc.SQLAlchemyError:
+                pass  # the connection's rollback below ends everything anyway
+        self._close_connection()
+
+    def _close_connection(self) -> None:
+        if self._connection is not None:
+            connection, self._connection = self._connection, None
+            try:
+                connection.close()  # rolls back anything not committed
+            except sqlalchemy.exc.SQLAlchemyError:
+                connection.invalidate()
+
+
+class _RegistrySessionFactory:
+    """Replaces a scoped session registry's ``createfunc`` (once per registry): while a
+    policy runs in this context the registry's "new" session is the processing session,
+    so even ``remove()`` inside a policy cannot lead it to a session of its own outside
+    the processing transaction. Otherwise it is the application's factory."""
+
+    def __init__(self, createfunc: Callable[[], Any]) -> None:
+        self.createfunc = createfunc
+        self.override: ContextVar[Session | None] = ContextVar(
+            "biomero_tracking_policy_session", default=None
+        )
+
+    def __call__(self) -> Any:
+        session = self.override.get()
+        return session if session is not None else self.createfunc()
+
+
+_registry_lock = Lock()
 
 
 class Datastore:
-    """Runs the recorders' statements in transactions on one database."""
+    """Runs the recorders' statements on one database."""
 
     _counter = itertools.count()
 
@@ -97,15 +228,22 @@ class Datastore:
     ) -> None:
         self.scoped_session = scoped_session
         self._owns_engine = False
+        self.session_maker: sessionmaker[Session] | None = None
         if scoped_session is not None:
             # Anything that behaves like sqlalchemy.orm.scoped_session (BIOMERO passes an
-            # adapter object whose attributes are the scoped session's).
+            # adapter object whose attributes are the scoped session's): its registry is
+            # where a policy's session is installed.
+            if getattr(scoped_session, "registry", None) is None:
+                msg = (
+                    "SQLALCHEMY_SCOPED_SESSION_TOPIC must name a callable returning a "
+                    "sqlalchemy.orm.scoped_session (an object with a registry)"
+                )
+                raise ProgrammingError(msg)
             self.engine: Engine = scoped_session.get_bind()
-            self.session_maker: sessionmaker[Session] | None = None
         elif url:
             self.engine = create_engine(url, **engine_kwargs)
             self._owns_engine = True
-            # Same pool; a single statement outside a transaction runs in autocommit mode.
+            # Same pool; a single statement runs in autocommit mode: one round trip.
             self._autocommit = self.engine.execution_options(isolation_level="AUTOCOMMIT")
             self.session_maker = sessionmaker(bind=self.engine, autoflush=autoflush)
         else:
@@ -120,8 +258,8 @@ class Datastore:
                 f"extension); got dialect {self.engine.dialect.name!r}"
             )
             raise ProgrammingError(msg)
-        # One context variable per datastore: nested calls join this datastore's
-        # transaction only, never a transaction on another engine.
+        # One context variable per datastore: recorder calls join this datastore's
+        # processing only, never a transaction on another engine.
         self._current: ContextVar[_Transaction | None] = ContextVar(
             f"biomero_tracking_transaction_{next(self._counter)}", default=None
         )
@@ -132,120 +270,140 @@ class Datastore:
     def is_scoped(self) -> bool:
         return self.scoped_session is not None
 
-    def current_session(self) -> Session | None:
-        """The session of the transaction this thread is in on this datastore, if any."""
+    def current_processing(self) -> Processing | None:
+        """The processing transaction this thread is in on this datastore, if any."""
         transaction = self._current.get()
-        return None if transaction is None else transaction.session
+        return None if transaction is None else transaction.processing
 
     @contextmanager
-    def transaction(self, *, commit: bool) -> Iterator[Session]:
-        """A transaction, or the one this thread is already in on this datastore.
+    def processing_transaction(self) -> Iterator[Processing]:
+        """A follower's processing of one notification (see :class:`Processing`).
 
-        With a URL the outermost call commits (``commit=True``) or rolls back at the end.
-        With a scoped session it does neither: the application owns the unit of work.
-        On a database error the transaction is rolled back (PostgreSQL has aborted it
-        anyway), in both modes.
-        """
-        current = self._current.get()
-        if current is not None:
-            if commit and not current.commit:
-                msg = "Transaction already started with commit=False"
-                raise ProgrammingError(msg)
-            yield current.session
-            return
-        if self.scoped_session is not None:
-            transaction = _Transaction(self._scoped_thread_session(), commit, owned=False)
-        else:
-            assert self.session_maker is not None
-            transaction = _Transaction(self.session_maker(), commit, owned=True)
-        token = self._current.set(transaction)
-        session = transaction.session
-        try:
-            try:
-                yield session
-            except BaseException as error:
-                if transaction.owned or _is_database_error(error):
-                    _rollback_quietly(session)
-                raise
-            if transaction.owned:
-                if commit:
-                    self._commit(session)
-                else:
-                    session.rollback()
-        finally:
-            self._current.reset(token)
-            if transaction.owned:
-                session.close()
-
-    @contextmanager
-    def processing_transaction(self) -> Iterator[Session]:
-        """The transaction in which a follower processes one notification: it claims,
-        runs the policy, records new events with the tracking position, and commits.
-
-        With a scoped session, work the application left pending in the session (for
-        example the leader's events saved by the command that prompted this processing)
-        is committed first, as :meth:`Application.save` commits with a URL. The policy
-        must neither commit nor close the session: that would release the claim before
-        the tracking position is recorded.
+        With a scoped session, work the application left pending in it (for example the
+        leader's events saved by the command that prompted this processing) is committed
+        first, as :meth:`Application.save` commits with a URL: the notification must be
+        committed before anyone can process it.
         """
         if self._current.get() is not None:
             msg = (
                 "a follower processes each notification in a transaction of its own, but "
-                "this thread is already in a biomero_tracking transaction"
+                "this thread is already in a biomero_tracking processing transaction"
             )
             raise ProgrammingError(msg)
         if self.scoped_session is not None:
             session = self._scoped_thread_session()
             if session.in_transaction():
                 self._commit(session)
-            transaction = _Transaction(session, commit=True, owned=False)
-        else:
-            assert self.session_maker is not None
-            session = self.session_maker()
-            transaction = _Transaction(session, commit=True, owned=True)
-        token = self._current.set(transaction)
+        processing = Processing(self)
+        token = self._current.set(_Transaction(processing))
         try:
-            try:
-                yield session
-            except BaseException:
-                _rollback_quietly(session)
-                raise
-            self._commit(session)
+            yield processing
+            processing.finish()
         finally:
             self._current.reset(token)
-            if transaction.owned:
-                session.close()
+            processing.close()
+
+    def joined_session(self, connection: Connection) -> Session:
+        """A session on ``connection`` that nests its transactions in savepoints, made by
+        the application's session factory when there is one (its settings kept)."""
+        factory = (
+            self.scoped_session.session_factory
+            if self.scoped_session is not None
+            else self.session_maker
+        )
+        if isinstance(factory, sessionmaker):
+            session: Session = factory(bind=connection, join_transaction_mode="create_savepoint")
+            return session
+        return Session(bind=connection, join_transaction_mode="create_savepoint")
+
+    @contextmanager
+    def installed_in_registry(self, session: Session) -> Iterator[None]:
+        """Makes ``session`` what the scoped session returns in this thread for the
+        duration of the block, then puts back what was there."""
+        if self.scoped_session is None:
+            yield
+            return
+        registry = self.scoped_session.registry
+        with _registry_lock:
+            factory = registry.createfunc
+            if not isinstance(factory, _RegistrySessionFactory):
+                factory = _RegistrySessionFactory(factory)
+                registry.createfunc = factory
+        previous = registry() if registry.has() else None
+        token = factory.override.set(session)
+        registry.set(session)
+        try:
+            yield
+        finally:
+            factory.override.reset(token)
+            if previous is not None:
+                registry.set(previous)
+            else:
+                registry.clear()
 
     def _scoped_thread_session(self) -> Session:
         """This thread's session of the application's scoped session."""
-        scoped = self.scoped_session
-        registry = getattr(scoped, "registry", None)
-        if registry is not None:
-            return registry()
-        return scoped() if callable(scoped) else scoped
+        session: Session = self.scoped_session.registry()
+        return session
 
-    def run(self, statement: Any, params: dict[str, Any]) -> list[Any]:
-        """Runs one statement and returns its rows: in this thread's transaction on this
+    def run(self, statement: Any, params: dict[str, Any]) -> Sequence[Row[Any]]:
+        """Runs one statement and returns its rows: in this thread's processing on this
         datastore if there is one, else in the scoped session, else as a transaction of
         its own (autocommit: one round trip, the extension's functions being atomic)."""
-        current = self._current.get()
-        if current is not None:
-            return list(self.execute(current.session, statement, params))
+        transaction = self._current.get()
+        if transaction is not None:
+            return list(transaction.processing.execute(statement, params))
         if self.scoped_session is not None:
-            with self.transaction(commit=True) as session:
-                return list(self.execute(session, statement, params))
-        try:
-            with self._autocommit.connect() as connection:
-                return list(connection.execute(statement, params))
-        except sqlalchemy.exc.DBAPIError as error:
-            raise persistence_error(error) from error
+            return self._run_in_scoped_session(statement, params, commit=False)
+        return self._run_autocommit(statement, params)
 
-    def execute(self, session: Session, statement: Any, params: dict[str, Any]) -> Any:
-        """Runs one statement, translating database errors into the library's."""
-        try:
-            return session.execute(statement, params)
-        except sqlalchemy.exc.DBAPIError as error:
-            raise persistence_error(error) from error
+    def run_and_commit(self, statement: Any, params: dict[str, Any]) -> Sequence[Row[Any]]:
+        """Like :meth:`run`, but outside a processing transaction the statement is
+        committed at once: with a scoped session, together with whatever the session
+        holds, so that no lock it takes stays held until the application commits."""
+        transaction = self._current.get()
+        if transaction is not None:
+            return list(transaction.processing.execute(statement, params))
+        if self.scoped_session is not None:
+            return self._run_in_scoped_session(statement, params, commit=True)
+        return self._run_autocommit(statement, params)
+
+    def _run_autocommit(self, statement: Any, params: dict[str, Any]) -> Sequence[Row[Any]]:
+        for attempt in itertools.count(1):
+            try:
+                with self._autocommit.connect() as connection:
+                    return list(connection.execute(statement, params))
+            except sqlalchemy.exc.DBAPIError as error:
+                if not _is_dropped_connection(error) or attempt >= RECONNECT_ATTEMPTS:
+                    raise persistence_error(error) from error
+                time.sleep(RECONNECT_PAUSE)
+        raise AssertionError  # pragma: no cover - the loop returns or raises
+
+    def _run_in_scoped_session(
+        self, statement: Any, params: dict[str, Any], *, commit: bool
+    ) -> Sequence[Row[Any]]:
+        session = self._scoped_thread_session()
+        # A dropped connection can be retried only when this statement opened the
+        # session's transaction: then none of the application's work was lost with it.
+        first_in_transaction = not session.in_transaction()
+        for attempt in itertools.count(1):
+            try:
+                rows = list(session.execute(statement, params))
+            except sqlalchemy.exc.DBAPIError as error:
+                if (
+                    _is_dropped_connection(error)
+                    and first_in_transaction
+                    and attempt < RECONNECT_ATTEMPTS
+                ):
+                    _rollback_quietly(session)
+                    time.sleep(RECONNECT_PAUSE)
+                    continue
+                _roll_back_innermost(session, error)
+                raise persistence_error(error) from error
+            if commit:
+                self._commit(session)
+            return rows
+        raise AssertionError  # pragma: no cover - the loop returns or raises
 
     @staticmethod
     def _commit(session: Session) -> None:
@@ -277,19 +435,23 @@ class Datastore:
                 raise ProgrammingError(msg)
             self._checked = True
 
-    def raw_connection_factory(self) -> Callable[[], Any]:
-        return self.engine.raw_connection
-
     def close(self) -> None:
         if self._owns_engine:
             self.engine.dispose()
 
 
-def _is_database_error(error: BaseException) -> bool:
-    if isinstance(error, sqlalchemy.exc.DBAPIError):
-        return True
-    cause = error.__cause__
-    return isinstance(error, PersistenceError) and isinstance(cause, sqlalchemy.exc.DBAPIError)
+def _roll_back_innermost(session: Session, error: sqlalchemy.exc.DBAPIError) -> None:
+    """After a failed statement PostgreSQL has aborted the transaction up to the innermost
+    savepoint: roll back that savepoint when the application has one open (its outer unit
+    of work stays usable), else the session's transaction."""
+    nested = session.get_nested_transaction()
+    if nested is not None and not _is_dropped_connection(error):
+        try:
+            nested.rollback()
+        except sqlalchemy.exc.SQLAlchemyError:
+            _rollback_quietly(session)
+        return
+    _rollback_quietly(session)
 
 
 def _rollback_quietly(session: Session) -> None:

@@ -3,9 +3,9 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any
 
-from eventsourcing.persistence import InfrastructureFactory
+from eventsourcing.persistence import InfrastructureFactory, ProgrammingError
 from eventsourcing.utils import resolve_topic, strtobool
 
 from biomero_tracking.datastore import Datastore
@@ -38,6 +38,10 @@ class BiomeroFactory(InfrastructureFactory[BiomeroTrackingRecorder]):
     ``CREATE_TABLE``
         when true (the default) recorders check that the extension is installed.
 
+    Refused at start, rather than ignored: ``SQLALCHEMY_SCHEMA`` (the rows live in the
+    extension's tables, schema ``biomero``, kept apart by application name) and
+    ``ORIGINATOR_ID_TYPE=text`` (the extension stores originator ids as uuid).
+
     Rows belong to the application named by the environment (the application class's
     ``name``); snapshots to ``<name>.snapshots``.
     """
@@ -46,6 +50,8 @@ class BiomeroFactory(InfrastructureFactory[BiomeroTrackingRecorder]):
     SQLALCHEMY_SCOPED_SESSION_TOPIC = "SQLALCHEMY_SCOPED_SESSION_TOPIC"
     SQLALCHEMY_CONNECTION_CREATOR_TOPIC = "SQLALCHEMY_CONNECTION_CREATOR_TOPIC"
     SQLALCHEMY_AUTOFLUSH = "SQLALCHEMY_AUTOFLUSH"
+    SQLALCHEMY_SCHEMA = "SQLALCHEMY_SCHEMA"
+    ORIGINATOR_ID_TYPE = "ORIGINATOR_ID_TYPE"
     CREATE_TABLE = "CREATE_TABLE"
 
     #: Used when the environment names no application.
@@ -58,6 +64,7 @@ class BiomeroFactory(InfrastructureFactory[BiomeroTrackingRecorder]):
 
     def __init__(self, env: Environment) -> None:
         super().__init__(env)
+        self._refuse_unsupported_settings()
         scoped_session = None
         scoped_session_topic = self.env.get(self.SQLALCHEMY_SCOPED_SESSION_TOPIC)
         if scoped_session_topic:
@@ -72,6 +79,23 @@ class BiomeroFactory(InfrastructureFactory[BiomeroTrackingRecorder]):
             autoflush=strtobool(self.env.get(self.SQLALCHEMY_AUTOFLUSH) or "yes"),
             **engine_kwargs,
         )
+
+    def _refuse_unsupported_settings(self) -> None:
+        schema = self.env.get(self.SQLALCHEMY_SCHEMA)
+        if schema:
+            msg = (
+                f"{self.SQLALCHEMY_SCHEMA}={schema!r} does not apply to biomero_tracking: "
+                "every application's rows live in the extension's tables (schema "
+                "biomero), kept apart by application name; unset it"
+            )
+            raise ProgrammingError(msg)
+        id_type = self.env.get(self.ORIGINATOR_ID_TYPE)
+        if id_type and id_type.lower() != "uuid":
+            msg = (
+                f"{self.ORIGINATOR_ID_TYPE}={id_type!r} is not supported: biomero_tracking "
+                "stores originator ids as uuid"
+            )
+            raise ProgrammingError(msg)
 
     @property
     def application_name(self) -> str:
@@ -105,9 +129,7 @@ class BiomeroFactory(InfrastructureFactory[BiomeroTrackingRecorder]):
             if topic:
                 tracking_recorder_class = resolve_topic(topic)
             else:
-                tracking_recorder_class = cast(
-                    "type[BiomeroTrackingRecorder]", type(self).tracking_recorder_class
-                )
+                tracking_recorder_class = type(self).tracking_recorder_class
         assert tracking_recorder_class is not None
         assert issubclass(tracking_recorder_class, BiomeroTrackingRecorder)
         recorder = tracking_recorder_class(
@@ -122,7 +144,13 @@ class BiomeroFactory(InfrastructureFactory[BiomeroTrackingRecorder]):
         if topic:
             recorder_class = resolve_topic(topic)
             assert issubclass(recorder_class, BiomeroProcessRecorder)
-        recorder = recorder_class(datastore=self.datastore, application_name=self.application_name)
+        # Process recorders serve followers; those derived from eventsourcing's own
+        # ProcessApplication process without a claim (see BiomeroProcessRecorder).
+        recorder = recorder_class(
+            datastore=self.datastore,
+            application_name=self.application_name,
+            tolerate_recorded_positions=True,
+        )
         self._maybe_check(recorder)
         return recorder
 

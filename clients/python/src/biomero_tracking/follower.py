@@ -1,20 +1,26 @@
 """Exactly-once processing for followers run by several processes at once.
 
-Every process of a system pulls the *shared* notification log after the *shared* tracking
-position, so two processes can pull the same notification. :class:`ClaimingFollower`
-processes each notification in a transaction of its own that first claims the
-(follower, upstream) pair with ``biomero.claim``. The claim is held to commit, so the
+Every process of a system pulls the *shared* notification log, so two processes can pull
+the same notification. :class:`ClaimingFollower` processes each notification in a
+transaction of its own (:class:`~biomero_tracking.datastore.Processing`) that first claims
+the (follower, upstream) pair with ``biomero.claim``. The claim is held to commit, so the
 processors of one follower take turns; the position it returns is the one the previous
-holder committed. A notification at or below it was processed elsewhere and is skipped
-before the policy runs. Otherwise the policy runs, its read-model writes go into the same
-transaction, and the follower's new events and its tracking position are recorded with one
-``biomero.record_events`` call before the commit. Nothing is processed twice and no
-tracking IntegrityError reaches the application.
+holder committed. A notification above it is processed for real: the policy runs with a
+session joined to the transaction by savepoints (also what the application's scoped session
+returns meanwhile), then the follower's new events and its position are recorded with one
+``biomero.record_events`` call, and everything commits once.
+
+A notification at or below the position was processed by another process. By default
+(:attr:`ClaimingFollower.replay_processed_elsewhere`) it is replayed: the policy runs as
+usual, then its database writes are rolled back and nothing is recorded. So a follower that
+keeps state in memory builds it from every notification committed after it started, in
+order, whichever process won each one, exactly as a single process would.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+import logging
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from eventsourcing.application import ProcessingEvent
 from eventsourcing.persistence import ProgrammingError
@@ -23,81 +29,158 @@ from eventsourcing.system import ProcessApplication as _LibraryProcessApplicatio
 from biomero_tracking.recorders import BiomeroProcessRecorder
 
 if TYPE_CHECKING:
+    from eventsourcing.application import NotificationLog
     from eventsourcing.domain import DomainEventProtocol
     from eventsourcing.persistence import Recording, Tracking
     from sqlalchemy.orm import Session
 
+    from biomero_tracking.datastore import Processing
+
+logger = logging.getLogger(__name__)
+
 
 class ClaimingFollower:
-    """Mixin for eventsourcing followers (``ProcessApplication``, ``Follower``,
-    ``EventSourcedProjection`` subclasses): put it first among the bases.
+    """Mixin for eventsourcing followers (``ProcessApplication`` and ``Follower``
+    subclasses): put it first among the bases.
 
     With a recorder of another persistence module (for example ``eventsourcing.popo`` in
     unit tests) it leaves processing to the library unchanged.
     """
+
+    #: Replay notifications that another process processed into this process's policy,
+    #: with their database writes rolled back, so that state the follower keeps in memory
+    #: is complete. Costs one rolled-back transaction per notification per other process.
+    #: Set it to False on followers whose policies act outside the database (send mail,
+    #: call services), which a replay would repeat, or that keep no state in memory.
+    replay_processed_elsewhere: ClassVar[bool] = True
 
     recorder: Any
     processing_lock: Any
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        # Highest upstream position known to be processed, per upstream application.
-        # Positions only move forward, so a notification at or below it is skipped
-        # without a round trip.
+        # Per upstream application: the highest position known to be committed by some
+        # processor (positions only move forward, so a notification at or below it needs
+        # no claim), and, when replaying, the last notification this process's policy has
+        # seen (where its next pull starts).
         self._processed_positions: dict[str, int] = {}
+        self._seen_positions: dict[str, int] = {}
+
+    @property
+    def _claims(self) -> bool:
+        return isinstance(self.recorder, BiomeroProcessRecorder)
 
     @property
     def processing_session(self) -> Session:
-        """The session of the notification being processed: a policy does its read-model
-        reads and writes with it (with a scoped session this is the scoped session). It
-        must not commit, roll back or close it."""
-        recorder = self.recorder
-        session = (
-            recorder.datastore.current_session()
-            if isinstance(recorder, BiomeroProcessRecorder)
-            else None
+        """The session of the notification being processed: a policy reads and writes its
+        read model with it. With a scoped session it is also what the scoped session
+        returns while the policy runs. Its commits, rollbacks and closes stay inside the
+        processing transaction."""
+        processing: Processing | None = (
+            self.recorder.datastore.current_processing() if self._claims else None
         )
+        session = None if processing is None else processing.session
         if session is None:
             msg = "processing_session is only available while a policy runs"
             raise ProgrammingError(msg)
         return session
 
+    def follow(self, name: str, log: NotificationLog) -> None:
+        super().follow(name, log)  # type: ignore[misc]
+        if self._claims and self.replay_processed_elsewhere:
+            # What this process's policy will see starts here: what is processed now.
+            self._seen_positions[name] = self.recorder.max_tracking_id(name) or 0
+
+    def pull_and_process(
+        self, leader_name: str, start: int | None = None, stop: int | None = None
+    ) -> None:
+        if start is None and leader_name in self._seen_positions:
+            # From where this process's policy left off, not from the shared position:
+            # what other processes processed meanwhile is replayed, not skipped.
+            start = self._seen_positions[leader_name]
+        super().pull_and_process(leader_name, start=start, stop=stop)  # type: ignore[misc]
+
     def process_event(self, domain_event: DomainEventProtocol[Any], tracking: Tracking) -> None:
-        recorder = self.recorder
-        if not isinstance(recorder, BiomeroProcessRecorder):
+        if not self._claims:
             super().process_event(domain_event, tracking)  # type: ignore[misc]
             return
         upstream = tracking.application_name
+        notification_id = tracking.notification_id
+        replaying = self.replay_processed_elsewhere
         with self.processing_lock:
-            if tracking.notification_id <= self._processed_positions.get(upstream, 0):
+            if replaying and notification_id <= self._seen_positions.get(upstream, 0):
+                return  # this process's policy has seen it already
+            if notification_id <= self._processed_positions.get(upstream, 0):
+                if replaying:
+                    self._replay(domain_event, tracking)
                 return
-            processing_event: ProcessingEvent[Any] = ProcessingEvent(tracking=tracking)
-            recordings: list[Recording[Any]] = []
-            with recorder.datastore.processing_transaction() as session:
-                position = recorder.claim(session, upstream)
-                if tracking.notification_id <= position:
-                    # Already processed by another process (or earlier by this one).
-                    self._remember(upstream, position)
-                    return
-                transaction = session.get_transaction()
+            self._process(domain_event, tracking)
+
+    def _process(self, domain_event: DomainEventProtocol[Any], tracking: Tracking) -> None:
+        upstream = tracking.application_name
+        processing_event: ProcessingEvent[Any] = ProcessingEvent(tracking=tracking)
+        recordings: list[Recording[Any]] = []
+        datastore = self.recorder.datastore
+        with datastore.processing_transaction() as processing:
+            position = self.recorder.claim(upstream)
+            if tracking.notification_id <= position:
+                # Processed by another process (or earlier by this one).
+                self._remember(upstream, position)
+                processing.discard()
+                if self.replay_processed_elsewhere:
+                    self._run_policy(processing, domain_event, tracking, replay=True)
+                    self._seen(upstream, tracking.notification_id)
+                return
+            self._run_policy(processing, domain_event, tracking, processing_event)
+            recordings = self._record(processing_event)  # type: ignore[attr-defined]
+            self._take_snapshots(processing_event)  # type: ignore[attr-defined]
+        self._remember(upstream, tracking.notification_id)
+        self._seen(upstream, tracking.notification_id)
+        self.notify(processing_event.events)  # type: ignore[attr-defined]
+        self._notify(recordings)  # type: ignore[attr-defined]
+
+    def _replay(self, domain_event: DomainEventProtocol[Any], tracking: Tracking) -> None:
+        with self.recorder.datastore.processing_transaction() as processing:
+            processing.discard()
+            self._run_policy(processing, domain_event, tracking, replay=True)
+        self._seen(tracking.application_name, tracking.notification_id)
+
+    def _run_policy(
+        self,
+        processing: Processing,
+        domain_event: DomainEventProtocol[Any],
+        tracking: Tracking,
+        processing_event: ProcessingEvent[Any] | None = None,
+        *,
+        replay: bool = False,
+    ) -> None:
+        if processing_event is None:
+            processing_event = ProcessingEvent(tracking=tracking)
+        if not replay:
+            with processing.policy_session():
                 self.policy(domain_event, processing_event)  # type: ignore[attr-defined]
-                if session.get_transaction() is not transaction:
-                    msg = (
-                        f"the policy of {type(self).__name__} ended the processing "
-                        "transaction (a commit, rollback or close inside a policy): that "
-                        "releases the claim before the tracking position is recorded; "
-                        "leave committing to biomero_tracking"
-                    )
-                    raise ProgrammingError(msg)
-                recordings = self._record(processing_event)  # type: ignore[attr-defined]
-                self._take_snapshots(processing_event)  # type: ignore[attr-defined]
-            self._remember(upstream, tracking.notification_id)
-            self.notify(processing_event.events)  # type: ignore[attr-defined]
-            self._notify(recordings)  # type: ignore[attr-defined]
+            return
+        # The notification was processed for real elsewhere: an error here is logged, not
+        # raised into the command that prompted this pull, and the pull goes on.
+        try:
+            with processing.policy_session():
+                self.policy(domain_event, processing_event)  # type: ignore[attr-defined]
+        except Exception:
+            logger.exception(
+                "%s: the replay of notification %d of %r (processed by another process) "
+                "failed; its database writes were rolled back",
+                type(self).__name__,
+                tracking.notification_id,
+                tracking.application_name,
+            )
 
     def _remember(self, upstream: str, position: int) -> None:
         if position > self._processed_positions.get(upstream, 0):
             self._processed_positions[upstream] = position
+
+    def _seen(self, upstream: str, notification_id: int) -> None:
+        if upstream in self._seen_positions:
+            self._seen_positions[upstream] = max(self._seen_positions[upstream], notification_id)
 
 
 class ProcessApplication(ClaimingFollower, _LibraryProcessApplication[Any]):

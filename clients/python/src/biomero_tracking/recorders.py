@@ -9,8 +9,8 @@ position), tracking through ``biomero.record_tracking``, and the follower's clai
 from __future__ import annotations
 
 import json
+import logging
 import select
-from contextlib import contextmanager
 from threading import Thread
 from typing import TYPE_CHECKING, Any
 from uuid import UUID
@@ -22,6 +22,7 @@ from eventsourcing.persistence import (
     ListenNotifySubscription,
     Notification,
     ProcessRecorder,
+    ProgrammingError,
     StoredEvent,
     Subscription,
     Tracking,
@@ -29,12 +30,14 @@ from eventsourcing.persistence import (
 )
 from sqlalchemy import text
 
-if TYPE_CHECKING:
-    from collections.abc import Iterator, Sequence
+from biomero_tracking.datastore import persistence_error
 
-    from sqlalchemy.orm import Session
+if TYPE_CHECKING:
+    from collections.abc import Sequence
 
     from biomero_tracking.datastore import Datastore
+
+logger = logging.getLogger(__name__)
 
 #: The channel biomero_tracking notifies at the commit of every append.
 NOTIFY_CHANNEL = "biomero_events"
@@ -70,6 +73,20 @@ def _uuid(value: Any) -> UUID:
     return value if isinstance(value, UUID) else UUID(str(value))
 
 
+def _originator_id_text(originator_id: UUID | str) -> str:
+    """The id as the extension stores it (uuid); refuses other ids before any SQL."""
+    if isinstance(originator_id, UUID):
+        return str(originator_id)
+    try:
+        return str(UUID(originator_id))
+    except (TypeError, ValueError, AttributeError):
+        msg = (
+            f"biomero_tracking stores originator ids as UUIDs; {originator_id!r} is not one "
+            "(aggregates with text ids need another persistence module)"
+        )
+        raise ProgrammingError(msg) from None
+
+
 def _bytes(value: Any) -> bytes:
     # psycopg2 returns bytea as memoryview.
     return value if isinstance(value, bytes) else bytes(value)
@@ -86,20 +103,16 @@ class BiomeroRecorder:
         """The tables belong to the extension; this only checks that it is installed."""
         self.datastore.check_extension()
 
-    @contextmanager
-    def transaction(self, commit: bool = True) -> Iterator[Session]:
-        with self.datastore.transaction(commit=commit) as session:
-            yield session
-
-    def _execute(self, session: Session, statement: Any, **params: Any) -> Any:
-        return self.datastore.execute(session, statement, params)
-
-    def _run(self, statement: Any, **params: Any) -> list[Any]:
+    def _run(self, statement: Any, **params: Any) -> Sequence[Any]:
         return self.datastore.run(statement, params)
 
     def _scalar(self, statement: Any, **params: Any) -> Any:
         rows = self.datastore.run(statement, params)
         return rows[0][0] if rows else None
+
+    def _optional_int(self, statement: Any, **params: Any) -> int | None:
+        value = self._scalar(statement, **params)
+        return None if value is None else int(value)
 
 
 class BiomeroAggregateRecorder(BiomeroRecorder, AggregateRecorder):
@@ -116,6 +129,7 @@ class BiomeroAggregateRecorder(BiomeroRecorder, AggregateRecorder):
         stored_events: Sequence[StoredEvent],
         *,
         tracking: Tracking | None = None,
+        commit_at_once: bool = False,
         **_: Any,
     ) -> list[int] | None:
         """One call of biomero.record_events; None when the tracking position was
@@ -124,7 +138,7 @@ class BiomeroAggregateRecorder(BiomeroRecorder, AggregateRecorder):
             return []
         params: dict[str, Any] = {
             "application_name": self.application_name,
-            "originator_ids": [str(e.originator_id) for e in stored_events],
+            "originator_ids": [_originator_id_text(e.originator_id) for e in stored_events],
             "originator_versions": [e.originator_version for e in stored_events],
             "topics": [e.topic for e in stored_events],
             "states": [e.state for e in stored_events],
@@ -134,7 +148,9 @@ class BiomeroAggregateRecorder(BiomeroRecorder, AggregateRecorder):
         if tracking is not None:
             params["upstream_application_name"] = tracking.application_name
             params["upstream_notification_id"] = tracking.notification_id
-        ids = self._scalar(_RECORD_EVENTS, **params)
+        run = self.datastore.run_and_commit if commit_at_once else self.datastore.run
+        rows = run(_RECORD_EVENTS, params)
+        ids = rows[0][0] if rows else None
         return None if ids is None else list(ids)
 
     def select_events(
@@ -149,7 +165,7 @@ class BiomeroAggregateRecorder(BiomeroRecorder, AggregateRecorder):
         rows = self._run(
             _SELECT_EVENTS,
             application_name=self.application_name,
-            originator_id=str(originator_id),
+            originator_id=_originator_id_text(originator_id),
             gt=gt,
             lte=lte,
             desc=desc,
@@ -207,7 +223,7 @@ class BiomeroApplicationRecorder(BiomeroAggregateRecorder, ApplicationRecorder):
         ]
 
     def max_notification_id(self) -> int | None:
-        return self._scalar(_MAX_NOTIFICATION_ID, application_name=self.application_name)
+        return self._optional_int(_MAX_NOTIFICATION_ID, application_name=self.application_name)
 
     def subscribe(
         self, gt: int | None = None, topics: Sequence[str] = ()
@@ -230,37 +246,90 @@ class BiomeroTrackingRecorder(BiomeroRecorder, TrackingRecorder):
             raise IntegrityError(_already_tracked(self.application_name, tracking))
 
     def max_tracking_id(self, application_name: str) -> int | None:
-        return self._scalar(
+        return self._optional_int(
             _MAX_TRACKING_ID,
             application_name=self.application_name,
             upstream_application_name=application_name,
         )
 
-    def claim(self, session: Session, upstream_application_name: str) -> int:
-        """Claims (follower, upstream) until the end of the session's transaction,
-        waiting for another holder to finish, and returns the last processed id (0 when
-        none), as committed by any previous holder."""
-        position = self._execute(
-            session,
+    def claim(self, upstream_application_name: str) -> int:
+        """Claims (follower, upstream) until the end of this thread's processing
+        transaction, waiting for another holder to finish, and returns the last processed
+        id (0 when none), as committed by any previous holder."""
+        if self.datastore.current_processing() is None:
+            msg = "a claim is taken inside a processing transaction"
+            raise ProgrammingError(msg)
+        position = self._optional_int(
             _CLAIM,
             application_name=self.application_name,
             upstream_application_name=upstream_application_name,
-        ).scalar()
+        )
         assert position is not None, "claim with wait returns a position"
-        return int(position)
+        return position
 
 
 class BiomeroProcessRecorder(BiomeroTrackingRecorder, BiomeroApplicationRecorder, ProcessRecorder):
-    """A follower's own events recorded together with its tracking position, in one call."""
+    """A follower's own events recorded together with its tracking position, in one call.
+
+    ``tolerate_recorded_positions`` (the factory sets it: its process recorders serve
+    followers) is for followers derived from eventsourcing's own ``ProcessApplication``,
+    which process notifications outside a claim: when another process has already recorded
+    the position, the follower's record stores nothing and returns no ids instead of
+    raising ``IntegrityError`` into the command that prompted the processing; a warning
+    says so once per follower. Outside a processing transaction such a record is committed
+    at once, so that its lock on the position is not held until the application commits.
+    """
+
+    def __init__(
+        self,
+        datastore: Datastore,
+        *,
+        application_name: str,
+        tolerate_recorded_positions: bool = False,
+    ) -> None:
+        super().__init__(datastore, application_name=application_name)
+        self.tolerate_recorded_positions = tolerate_recorded_positions
+        self._warned = False
 
     def insert_events(
         self, stored_events: Sequence[StoredEvent], **kwargs: Any
     ) -> Sequence[int] | None:
-        ids = self._insert_events(stored_events, **kwargs)
+        tracking: Tracking | None = kwargs.get("tracking")
+        unclaimed = (
+            self.tolerate_recorded_positions
+            and tracking is not None
+            and self.datastore.current_processing() is None
+        )
+        ids = self._insert_events(stored_events, commit_at_once=unclaimed, **kwargs)
         if ids is None:
-            tracking = kwargs["tracking"]
-            raise IntegrityError(_already_tracked(self.application_name, tracking))
+            assert tracking is not None
+            if not unclaimed:
+                raise IntegrityError(_already_tracked(self.application_name, tracking))
+            self._warn_unclaimed(tracking)
         return ids
+
+    def _warn_unclaimed(self, tracking: Tracking) -> None:
+        if self._warned:
+            return
+        self._warned = True
+        logger.warning(
+            "%s; its policy ran for it again in this process, and nothing was recorded. "
+            "Followers derived from eventsourcing's ProcessApplication process "
+            "notifications at least once across processes; derive %r from "
+            "biomero_tracking.ProcessApplication to process each exactly once. "
+            "(Logged once per follower.)",
+            _already_tracked(self.application_name, tracking),
+            self.application_name,
+        )
+
+
+def _is_database_error(error: BaseException) -> bool:
+    """A DB-API error of psycopg2 or psycopg, or SQLAlchemy's wrapper of one."""
+    return any(
+        cls.__name__ in ("Error", "DBAPIError")
+        and cls.__module__.split(".")[0] in ("psycopg2", "psycopg", "sqlalchemy")
+        for cls in type(error).__mro__
+    )
 
 
 def _already_tracked(follower: str, tracking: Tracking) -> str:
@@ -309,12 +378,18 @@ class BiomeroSubscription(ListenNotifySubscription[BiomeroApplicationRecorder]):
                 connection.invalidate()
         except BaseException as error:  # noqa: BLE001 - handed to the iterating thread
             if self._thread_error is None:
-                self._thread_error = error
+                # The iterating thread raises it: as the library's exception, like the
+                # recorder's own errors, when it comes from the driver.
+                self._thread_error = (
+                    persistence_error(error) if _is_database_error(error) else error
+                )
             self.stop()
 
     def _is_for_us(self, payload: str) -> bool:
         try:
-            return json.loads(payload).get("application_name") == self._recorder.application_name
+            return bool(
+                json.loads(payload).get("application_name") == self._recorder.application_name
+            )
         except (ValueError, AttributeError):
             return True
 
