@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Runs the Python client's whole test suite (clients/python/tests) against a throwaway
-# PostgreSQL cluster with biomero_tracking, and stops the cluster whatever happens.
+# Runs the Python client's quality gates (ruff, mypy --strict) and its whole test suite
+# (clients/python/tests, BIOMERO 2.8.3's own code included) against a throwaway PostgreSQL
+# cluster with biomero_tracking, and stops the cluster whatever happens.
 #   scripts/test-python.sh [PYTEST ARGS...]
 # Needs the venv clients/python/.venv that scripts/setup.sh creates, and the extension
 # installed into the system PostgreSQL (scripts/install.sh).
@@ -9,23 +10,24 @@ cd "$(dirname "$0")/.."
 root=$PWD
 
 venv=clients/python/.venv
-if [ ! -x "$venv/bin/python" ] || ! "$venv/bin/python" -c 'import biomero_tracking, pytest' 2>/dev/null; then
+if [ ! -x "$venv/bin/python" ] || ! "$venv/bin/python" -c 'import biomero_tracking, pytest' 2>/dev/null \
+    || [ ! -x "$venv/bin/ruff" ] || [ ! -x "$venv/bin/mypy" ]; then
     echo "test-python: $venv is missing or incomplete: run scripts/setup.sh first" >&2
     exit 2
 fi
+
+echo "[test-python] ruff check, ruff format --check, mypy --strict"
+(
+    cd clients/python
+    .venv/bin/ruff check src tests
+    .venv/bin/ruff format --check src tests
+    .venv/bin/mypy --strict src
+)
 
 dir=/var/tmp/biomero-python-tests-$$
 trap 'bash "$root/scripts/cluster.sh" stop "$dir"' EXIT
 url=$(bash "$root/scripts/cluster.sh" start "$dir")
 echo "[test-python] cluster at $url"
-
-# sql/adopt.sql is loaded here only while the installed extension does not define it.
-defined=$(psql "$url" -qAtc \
-    "SELECT to_regprocedure('biomero.import_eventsourcing(text,regclass,regclass,text)') IS NOT NULL")
-if [ "$defined" != t ]; then
-    echo "[test-python] loading sql/adopt.sql (the installed extension lacks it)"
-    psql "$url" -q -v ON_ERROR_STOP=1 -f sql/adopt.sql
-fi
 
 cd clients/python
 # -s shows each scenario's figures as it runs; they are repeated in the closing summary.

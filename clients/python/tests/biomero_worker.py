@@ -1,0 +1,211 @@
+"""One OS process running BIOMERO's own analytics code, as a SlurmClient runs it.
+
+    python biomero_worker.py STACK SQLALCHEMY_URL PROCESS_INDEX WORKFLOWS
+
+STACK is ``biomero_tracking`` or ``eventsourcing_sqlalchemy`` (PERSISTENCE_MODULE); which
+copy of BIOMERO is imported (patched or not) is PYTHONPATH's business. The process builds a
+real ``SlurmClient`` (``config_only``: nothing connects to SLURM) and calls BIOMERO's own
+``initialize_analytics_system()``: the System of WorkflowTracker and its four views,
+``EngineManager.create_scoped_session()``, the SingleThreadedRunner, ``get_listeners()``.
+It prints ``ready``, waits for a line on standard input, runs WORKFLOWS workflows through
+``client.workflowTracker`` (11 commands each: BIOMERO's own retries included, nothing
+added), and prints one JSON line with what it did.
+
+With WORKFLOWS = ``reference`` it runs no command: it brings the four views up to date from
+the leader events already in the database, in this one process, and exits.
+
+Every policy run is audited: a row in ``biomero_test_processed`` is written with
+``EngineManager.get_session()`` just before BIOMERO's policy runs, so it commits exactly
+when the policy's own writes do (rolled back with a replay or a failed processing).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+import time
+import traceback
+from collections import Counter
+from typing import Any
+
+
+class Collector(logging.Handler):
+    """Counts the warnings and errors BIOMERO and biomero_tracking log."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+        self.records: list[logging.LogRecord] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)
+
+    def summary(self) -> dict[str, Any]:
+        messages = [r.getMessage() for r in self.records]
+        return {
+            "unknown_workflow": sum("unknown workflow" in m for m in messages),
+            "retries": sum(m.startswith("Database conflict on attempt") for m in messages),
+            "unclaimed": [m.split("'")[1] for m in messages if "Logged once per follower" in m],
+            "unclaimed_names_base": all(
+                "biomero_tracking.ProcessApplication" in m
+                for m in messages
+                if "Logged once per follower" in m
+            ),
+            "replay_failures": sum("the replay of notification" in m for m in messages),
+            "by_kind": Counter(m.splitlines()[0][:90] for m in messages).most_common(6),
+        }
+
+
+def analytics_client(url: str) -> Any:
+    from biomero.slurm_client import SlurmClient
+
+    client = SlurmClient(config_only=True)
+    client.track_workflows = True
+    client.enable_job_accounting = True
+    client.enable_job_progress = True
+    client.enable_workflow_analytics = True
+    client.sqlalchemy_url = url
+    client.initialize_analytics_system(reset_tables=False)
+    return client
+
+
+def listeners(client: Any) -> list[Any]:
+    """The four view followers the system runs. Not ``client.jobAccounting`` and the like:
+    SlurmClient is an invoke config proxy, whose attributes hold shallow copies of what
+    BIOMERO assigns, so an attribute set on one of them would not reach the runner's."""
+    runner = client.workflowTracker.followers[0]  # the leader leads the runner
+    names = ("JobAccounting", "JobProgress", "WorkflowProgress", "WorkflowAnalytics")
+    return [runner.apps[name] for name in names]
+
+
+def audit(client: Any) -> None:
+    from biomero.database import EngineManager
+    from sqlalchemy import text
+
+    statement = text(
+        "INSERT INTO biomero_test_processed (follower, notification_id, pid) "
+        "VALUES (:follower, :notification_id, :pid)"
+    )
+    for listener in listeners(client):
+
+        def audited(
+            domain_event: Any,
+            processing_event: Any,
+            policy: Any = listener.policy,
+            follower: str = listener.name,
+        ) -> None:
+            EngineManager.get_session().execute(
+                statement,
+                {
+                    "follower": follower,
+                    "notification_id": processing_event.tracking.notification_id,
+                    "pid": os.getpid(),
+                },
+            )
+            policy(domain_event, processing_event)
+
+        listener.policy = audited
+
+
+def main() -> None:
+    stack, url, index_text, workflows_text = sys.argv[1:5]
+    os.environ["PERSISTENCE_MODULE"] = stack
+    os.environ["SQLALCHEMY_URL"] = url
+    collector = Collector()
+    logging.getLogger().addHandler(collector)
+
+    from fabric import Result
+
+    import biomero
+
+    client = analytics_client(url)
+    audit(client)
+    if workflows_text == "reference":
+        for listener in listeners(client):
+            listener.pull_and_process("WorkflowTracker")
+        print(json.dumps({"biomero": biomero.__file__, "logged": collector.summary()}))
+        return
+    index, workflows = int(index_text), int(workflows_text)
+    tracker = client.workflowTracker
+
+    print("ready", flush=True)
+    sys.stdin.readline()
+
+    commands = 0
+    skipped = 0
+    succeeded: list[str] = []
+    errors: list[str] = []
+
+    def command(name: str, *args: Any) -> Any:
+        nonlocal commands
+        commands += 1
+        try:
+            result = getattr(tracker, name)(*args)
+        except Exception as error:  # noqa: BLE001 - the test counts them
+            message = (str(error).splitlines() or [""])[0][:160]
+            errors.append(f"{name}: {type(error).__name__}: {message}")
+            if len(errors) <= 2:
+                traceback.print_exc(file=sys.stderr)
+            return None
+        succeeded.append(name)
+        return result
+
+    # Task names pick different branches of BIOMERO's WorkflowProgress status mapping.
+    task_names = ("SLURM_Run_Workflow.py", "cellpose", "_SLURM_Image_Transfer.py", "stardist")
+    started = time.monotonic()
+    for number in range(workflows):
+        user, group = 100 + index, 10 + number % 3
+        fails = number % 4 == 3
+        job_id = 1000 * (index + 1) + number
+        workflow = command(
+            "initiate_workflow", f"wf-{index}-{number}", "test workflow", user, group
+        )
+        task = None
+        if workflow is not None:
+            task = command(
+                "add_task_to_workflow",
+                workflow,
+                task_names[number % len(task_names)],
+                "1.0",
+                {"images": [index, number]},
+                {"threshold": number},
+            )
+        if task is None:
+            skipped += 11 - (1 if workflow is None else 2)
+            continue
+        command("start_workflow", workflow)
+        command("start_task", task)
+        command("add_job_id", task, job_id)
+        command("update_task_status", task, "RUNNING")
+        command("update_task_progress", task, "50%")
+        output = Result(connection=None, stdout=f"Submitted batch job {job_id}", command="sbatch")
+        command("add_result", task, output)
+        command("update_task_status", task, "FAILED" if fails else "COMPLETED")
+        if fails:
+            command("fail_task", task, "exit code 1")
+            command("fail_workflow", workflow, "task failed")
+        else:
+            command("complete_task", task, "ok")
+            command("complete_workflow", workflow)
+    elapsed = time.monotonic() - started
+    print(
+        json.dumps(
+            {
+                "index": index,
+                "pid": os.getpid(),
+                "biomero": biomero.__file__,
+                "commands": commands,
+                "skipped": skipped,
+                "succeeded": succeeded,
+                "errors": errors,
+                "seconds": round(elapsed, 2),
+                "logged": collector.summary(),
+            }
+        ),
+        flush=True,
+    )
+
+
+if __name__ == "__main__":
+    main()
