@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import subprocess
 import uuid
 from contextlib import contextmanager
 from pathlib import Path
@@ -98,6 +99,14 @@ def delete_applications(*names: str) -> None:
 
 def unique_name(prefix: str) -> str:
     return f"{prefix}_{uuid.uuid4().hex[:12]}"
+
+
+def kill_unfinished(processes: list[subprocess.Popen[str]]) -> None:
+    """Kills the worker processes still running (after a failed or timed-out run)."""
+    for process in processes:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
 
 
 #: Lines the scenario tests report; conftest prints them in pytest's closing summary.

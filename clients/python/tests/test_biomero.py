@@ -52,7 +52,7 @@ AUDIT_DDL = (
     "CREATE TABLE biomero_test_processed (follower text NOT NULL, "
     "notification_id bigint NOT NULL, pid integer NOT NULL)"
 )
-TIMEOUT = 420
+TIMEOUT = 180
 
 PATCHED = ("biomero/slurm_client.py", "biomero/views.py")
 FIRST_LINE_ONLY = ("biomero/slurm_client.py",)
@@ -90,27 +90,33 @@ def run_processes(site: Path, stack: str, url: str) -> list[dict[str, Any]]:
     # A first process alone builds the system once (BIOMERO creates its view tables then,
     # the stock stack its own tables), so that the concurrent ones race on processing only.
     warm_up = _worker(site, stack, url, 99, "0")
-    out, err = warm_up.communicate("go\n", timeout=TIMEOUT)
+    try:
+        out, err = warm_up.communicate("go\n", timeout=TIMEOUT)
+    finally:
+        support.kill_unfinished([warm_up])
     assert warm_up.returncode == 0, f"BIOMERO could not start:\n{err}"
     assert _last_json(out)["biomero"].startswith(str(site)), "imported another BIOMERO"
 
     workers = [_worker(site, stack, url, i, str(WORKFLOWS_PER_PROCESS)) for i in range(PROCESSES)]
-    for worker in workers:
-        assert worker.stdout is not None
-        line = worker.stdout.readline()
-        if line.strip() != "ready":
-            assert worker.stderr is not None
-            raise AssertionError(f"worker did not start: {line!r} {worker.stderr.read()}")
-    for worker in workers:  # all start together
-        assert worker.stdin is not None
-        worker.stdin.write("go\n")
-        worker.stdin.flush()
-    results = []
-    for worker in workers:
-        out, err = worker.communicate(timeout=TIMEOUT)
-        assert worker.returncode == 0, err
-        results.append(_last_json(out))
-    return results
+    try:
+        for worker in workers:
+            assert worker.stdout is not None
+            line = worker.stdout.readline()
+            if line.strip() != "ready":
+                assert worker.stderr is not None
+                raise AssertionError(f"worker did not start: {line!r} {worker.stderr.read()}")
+        for worker in workers:  # all start together
+            assert worker.stdin is not None
+            worker.stdin.write("go\n")
+            worker.stdin.flush()
+        results = []
+        for worker in workers:
+            out, err = worker.communicate(timeout=TIMEOUT)
+            assert worker.returncode == 0, err
+            results.append(_last_json(out))
+        return results
+    finally:
+        support.kill_unfinished(workers)  # none outlives a failed run
 
 
 def leader_events(database: str, stack: str) -> list[tuple[str, int, str, bytes]]:
@@ -155,7 +161,10 @@ def reference_read_models(
                 ),
             )
         worker = _worker(site, "biomero_tracking", support.url(database), 0, "reference")
-        out, err = worker.communicate("", timeout=TIMEOUT)
+        try:
+            out, err = worker.communicate("", timeout=TIMEOUT)
+        finally:
+            support.kill_unfinished([worker])
         assert worker.returncode == 0, err
         return read_models(database)
 

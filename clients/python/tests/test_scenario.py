@@ -51,25 +51,32 @@ def run_processes(stack: str, url: str) -> list[dict[str, Any]]:
     # A first process alone builds the system once (the stock stack creates its tables
     # then), so that the concurrent ones race on processing only.
     warm_up = _worker(stack, url, 99, 0)
-    out, err = warm_up.communicate("go\n", timeout=TIMEOUT)
+    try:
+        out, err = warm_up.communicate("go\n", timeout=TIMEOUT)
+    finally:
+        support.kill_unfinished([warm_up])
     assert warm_up.returncode == 0, err
 
     workers = [_worker(stack, url, index, WORKFLOWS_PER_PROCESS) for index in range(PROCESSES)]
-    for worker in workers:
-        assert worker.stdout is not None
-        line = worker.stdout.readline()
-        if line.strip() != "ready":
-            raise AssertionError(f"worker did not start: {line!r} {worker.stderr.read()}")
-    for worker in workers:  # all start together
-        assert worker.stdin is not None
-        worker.stdin.write("go\n")
-        worker.stdin.flush()
-    results = []
-    for worker in workers:
-        out, err = worker.communicate(timeout=TIMEOUT)
-        assert worker.returncode == 0, err
-        results.append(json.loads(out.strip().splitlines()[-1]))
-    return results
+    try:
+        for worker in workers:
+            assert worker.stdout is not None
+            line = worker.stdout.readline()
+            if line.strip() != "ready":
+                assert worker.stderr is not None
+                raise AssertionError(f"worker did not start: {line!r} {worker.stderr.read()}")
+        for worker in workers:  # all start together
+            assert worker.stdin is not None
+            worker.stdin.write("go\n")
+            worker.stdin.flush()
+        results = []
+        for worker in workers:
+            out, err = worker.communicate(timeout=TIMEOUT)
+            assert worker.returncode == 0, err
+            results.append(json.loads(out.strip().splitlines()[-1]))
+        return results
+    finally:
+        support.kill_unfinished(workers)
 
 
 def prepare(prefix: str, *, extension: bool) -> str:
