@@ -21,9 +21,8 @@ import itertools
 import time
 from contextlib import contextmanager
 from contextvars import ContextVar
-from dataclasses import dataclass
 from threading import Lock
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any
 
 import sqlalchemy.exc
 from eventsourcing.persistence import (
@@ -86,17 +85,6 @@ def persistence_error(error: BaseException) -> PersistenceError:
 
 def _is_dropped_connection(error: sqlalchemy.exc.DBAPIError) -> bool:
     return bool(error.connection_invalidated)
-
-
-class _Executor(Protocol):
-    def execute(self, statement: Any, params: dict[str, Any]) -> Any: ...
-
-
-@dataclass
-class _Transaction:
-    """The transaction this thread is in on one datastore: a follower's processing."""
-
-    processing: Processing
 
 
 class Processing:
@@ -165,10 +153,8 @@ class Processing:
         return self._session
 
     def finish(self) -> None:
-        if self._connection is None:
-            return
-        if self.discarded:
-            self._connection.rollback()
+        """Commits, unless discarded (then :meth:`close` rolls back)."""
+        if self._connection is None or self.discarded:
             return
         try:
             self._connection.commit()
@@ -260,20 +246,15 @@ class Datastore:
             raise ProgrammingError(msg)
         # One context variable per datastore: recorder calls join this datastore's
         # processing only, never a transaction on another engine.
-        self._current: ContextVar[_Transaction | None] = ContextVar(
+        self._current: ContextVar[Processing | None] = ContextVar(
             f"biomero_tracking_transaction_{next(self._counter)}", default=None
         )
         self._checked = False
         self._check_lock = Lock()
 
-    @property
-    def is_scoped(self) -> bool:
-        return self.scoped_session is not None
-
     def current_processing(self) -> Processing | None:
         """The processing transaction this thread is in on this datastore, if any."""
-        transaction = self._current.get()
-        return None if transaction is None else transaction.processing
+        return self._current.get()
 
     @contextmanager
     def processing_transaction(self) -> Iterator[Processing]:
@@ -295,7 +276,7 @@ class Datastore:
             if session.in_transaction():
                 self._commit(session)
         processing = Processing(self)
-        token = self._current.set(_Transaction(processing))
+        token = self._current.set(processing)
         try:
             yield processing
             processing.finish()
@@ -350,9 +331,9 @@ class Datastore:
         """Runs one statement and returns its rows: in this thread's processing on this
         datastore if there is one, else in the scoped session, else as a transaction of
         its own (autocommit: one round trip, the extension's functions being atomic)."""
-        transaction = self._current.get()
-        if transaction is not None:
-            return list(transaction.processing.execute(statement, params))
+        processing = self._current.get()
+        if processing is not None:
+            return list(processing.execute(statement, params))
         if self.scoped_session is not None:
             return self._run_in_scoped_session(statement, params, commit=False)
         return self._run_autocommit(statement, params)
@@ -361,9 +342,9 @@ class Datastore:
         """Like :meth:`run`, but outside a processing transaction the statement is
         committed at once: with a scoped session, together with whatever the session
         holds, so that no lock it takes stays held until the application commits."""
-        transaction = self._current.get()
-        if transaction is not None:
-            return list(transaction.processing.execute(statement, params))
+        processing = self._current.get()
+        if processing is not None:
+            return list(processing.execute(statement, params))
         if self.scoped_session is not None:
             return self._run_in_scoped_session(statement, params, commit=True)
         return self._run_autocommit(statement, params)

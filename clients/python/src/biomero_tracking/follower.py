@@ -120,18 +120,17 @@ class ClaimingFollower:
         upstream = tracking.application_name
         processing_event: ProcessingEvent[Any] = ProcessingEvent(tracking=tracking)
         recordings: list[Recording[Any]] = []
-        datastore = self.recorder.datastore
-        with datastore.processing_transaction() as processing:
+        with self.recorder.datastore.processing_transaction() as processing:
             position = self.recorder.claim(upstream)
             if tracking.notification_id <= position:
                 # Processed by another process (or earlier by this one).
                 self._remember(upstream, position)
                 processing.discard()
                 if self.replay_processed_elsewhere:
-                    self._run_policy(processing, domain_event, tracking, replay=True)
-                    self._seen(upstream, tracking.notification_id)
+                    self._replay_in(processing, domain_event, tracking)
                 return
-            self._run_policy(processing, domain_event, tracking, processing_event)
+            with processing.policy_session():
+                self.policy(domain_event, processing_event)  # type: ignore[attr-defined]
             recordings = self._record(processing_event)  # type: ignore[attr-defined]
             self._take_snapshots(processing_event)  # type: ignore[attr-defined]
         self._remember(upstream, tracking.notification_id)
@@ -142,30 +141,19 @@ class ClaimingFollower:
     def _replay(self, domain_event: DomainEventProtocol[Any], tracking: Tracking) -> None:
         with self.recorder.datastore.processing_transaction() as processing:
             processing.discard()
-            self._run_policy(processing, domain_event, tracking, replay=True)
-        self._seen(tracking.application_name, tracking.notification_id)
+            self._replay_in(processing, domain_event, tracking)
 
-    def _run_policy(
-        self,
-        processing: Processing,
-        domain_event: DomainEventProtocol[Any],
-        tracking: Tracking,
-        processing_event: ProcessingEvent[Any] | None = None,
-        *,
-        replay: bool = False,
+    def _replay_in(
+        self, processing: Processing, domain_event: DomainEventProtocol[Any], tracking: Tracking
     ) -> None:
-        if processing_event is None:
-            processing_event = ProcessingEvent(tracking=tracking)
-        if not replay:
-            with processing.policy_session():
-                self.policy(domain_event, processing_event)  # type: ignore[attr-defined]
-            return
-        # The notification was processed for real elsewhere: an error here is logged, not
-        # raised into the command that prompted this pull, and the pull goes on.
+        """Runs the policy in a processing transaction that will be rolled back; its new
+        events are dropped."""
         try:
             with processing.policy_session():
-                self.policy(domain_event, processing_event)  # type: ignore[attr-defined]
+                self.policy(domain_event, ProcessingEvent(tracking=tracking))  # type: ignore[attr-defined]
         except Exception:
+            # The notification was processed for real elsewhere: the error is logged, not
+            # raised into the command that prompted this pull, and the pull goes on.
             logger.exception(
                 "%s: the replay of notification %d of %r (processed by another process) "
                 "failed; its database writes were rolled back",
@@ -173,6 +161,7 @@ class ClaimingFollower:
                 tracking.notification_id,
                 tracking.application_name,
             )
+        self._seen(tracking.application_name, tracking.notification_id)
 
     def _remember(self, upstream: str, position: int) -> None:
         if position > self._processed_positions.get(upstream, 0):
