@@ -184,15 +184,14 @@ def test_a_processor_waits_for_the_one_in_flight_then_skips(read_model: str) -> 
     assert holding.wait(30)
     thread2 = threading.Thread(target=run, args=(second,))
     thread2.start()
-    # The second processor is waiting for the claim.
+    # The second processor is blocked in its claim.
     deadline = time.monotonic() + 30
     waiting = 0
     while time.monotonic() < deadline and not waiting:
         with support.admin() as cursor:
             cursor.execute(
-                "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' "
-                "AND objsubid = %s AND NOT granted",
-                (CLAIM_LOCK_KIND,),
+                "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' "
+                "AND query LIKE '%%biomero.claim(%%'"
             )
             waiting = cursor.fetchone()[0]
         time.sleep(0.05)
