@@ -5,16 +5,75 @@
 -- application as a follower (multi-row, eventsourcing up to 9.3, or single-row, 9.4 and
 -- later), as one position per upstream application: the highest it recorded.
 --
--- It is idempotent: events already imported are skipped (a different event at one of the
--- ids is an error, and nothing is imported then), and positions only move forward. It runs
--- in the caller's transaction, so it imports all or nothing. While it runs it holds
--- biomero.events and biomero.tracking in SHARE ROW EXCLUSIVE mode, so appends and tracking
--- wait for it, and the source tables in SHARE mode, so their old writers wait too: it is a
--- one-off step, to run before the applications switch to biomero_tracking.
+-- It is idempotent: events already imported are skipped, positions only move forward. It
+-- runs in the caller's transaction, so it imports all or nothing. It holds the application's
+-- append lock (biomero.lock_for_import), so appends to the application wait for it and it
+-- waits for appends in progress, and it refuses any event that would land at or below an id
+-- the application already committed, which a reader may have passed: a different event at an
+-- imported id is a conflict too. It holds the source tables in SHARE mode, so their old
+-- writers wait: it is a one-off step, to run before the applications switch over.
 --
--- It is an administrator's function (SECURITY INVOKER): the caller needs SELECT on the
--- source tables and INSERT and UPDATE on biomero's tables. Table names reach the statements
--- only as regclass values, rendered by format('%s'); values only as parameters (USING).
+-- It is an administrator's function (SECURITY INVOKER). It reads the source tables with the
+-- caller's rights, so the caller needs SELECT on them and, for the SHARE lock, UPDATE, DELETE
+-- or TRUNCATE; and INSERT and UPDATE on biomero's tables and EXECUTE on
+-- biomero.lock_for_import. Only ordinary or partitioned tables with the columns and built-in
+-- types those libraries create are accepted, without row-level security: reading them runs no
+-- code of the table's owner. Table names reach the statements only as regclass values,
+-- rendered by format('%s'); values only as parameters (USING).
+
+-- The source's columns that are not what the libraries create, as text; NULL when all are.
+-- `expected` pairs a column name with the types accepted for it.
+CREATE FUNCTION biomero.unexpected_columns(source regclass, expected text[][])
+RETURNS text
+LANGUAGE sql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $function$
+SELECT string_agg(format('%s (%s expected)', x.column_name, x.accepted), ', '
+                  ORDER BY x.column_name)
+FROM (SELECT expected[i][1] AS column_name, expected[i][2] AS accepted
+      FROM generate_subscripts(expected, 1) AS i) AS x
+LEFT JOIN pg_attribute AS a
+       ON a.attrelid = source AND a.attname = x.column_name AND a.attnum > 0
+      AND NOT a.attisdropped
+WHERE a.atttypid IS NULL
+   OR format_type(a.atttypid, NULL) <> ALL (string_to_array(x.accepted, ' or '))
+$function$;
+
+-- Refuses a source that is not an ordinary or partitioned table of ordinary tables, or that
+-- has row-level security (whose policies would run as the caller), or that the caller may not
+-- read and lock.
+CREATE FUNCTION biomero.check_import_source(source regclass, what text)
+RETURNS text
+LANGUAGE plpgsql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $function$
+DECLARE
+    kind "char";
+    secured boolean;
+BEGIN
+    SELECT c.relkind, c.relrowsecurity INTO kind, secured FROM pg_class AS c WHERE c.oid = source;
+    IF kind NOT IN ('r', 'p') OR secured OR EXISTS (
+        SELECT FROM pg_partition_tree(source) AS t JOIN pg_class AS c ON c.oid = t.relid
+        WHERE t.isleaf AND (c.relkind <> 'r' OR c.relrowsecurity))
+    THEN
+        RAISE EXCEPTION USING ERRCODE = 'wrong_object_type',
+            MESSAGE = format('%s must be an ordinary or partitioned table without row-level '
+                             'security, as eventsourcing creates its %s table', source, what);
+    END IF;
+    IF NOT has_table_privilege(source, 'SELECT')
+       OR NOT (has_table_privilege(source, 'UPDATE') OR has_table_privilege(source, 'DELETE')
+               OR has_table_privilege(source, 'TRUNCATE')) THEN
+        RAISE EXCEPTION USING ERRCODE = 'insufficient_privilege',
+            MESSAGE = format('permission denied to import %s', source),
+            DETAIL = 'The import reads the table and holds it in SHARE mode: it needs SELECT '
+                     'and one of UPDATE, DELETE or TRUNCATE on it.';
+    END IF;
+    -- Partitioned tables are read through their partitions; an ordinary table without its
+    -- inheritance children, which eventsourcing never creates.
+    RETURN CASE kind WHEN 'p' THEN '' ELSE 'ONLY ' END;
+END;
+$function$;
+
 CREATE FUNCTION biomero.import_eventsourcing(
     application_name text,
     events_table regclass,
@@ -32,116 +91,116 @@ AS $function$
 DECLARE
     target text := import_eventsourcing.application_name;
     upstream text := import_eventsourcing.upstream_application_name;
-    id_column name;
-    missing text;
-    statement text;
+    scope text;
+    source_id text;
+    wrong text;
+    head bigint;
     source_rows bigint;
+    present bigint;
     conflicting bigint;
+    passed bigint;
 BEGIN
-    IF target IS NULL OR events_table IS NULL THEN
-        RAISE EXCEPTION USING ERRCODE = 'null_value_not_allowed',
-            MESSAGE = 'application_name and events_table must not be NULL';
+    PERFORM biomero.check_name(target, 'application_name');
+    IF events_table IS NULL THEN
+        RAISE EXCEPTION 'events_table must not be NULL' USING ERRCODE = 'null_value_not_allowed';
     END IF;
-    IF target = '' OR length(target) > 255 THEN
-        RAISE EXCEPTION USING ERRCODE = 'invalid_parameter_value',
-            MESSAGE = 'application_name must be 1 to 255 characters long';
+    IF upstream IS NOT NULL THEN
+        PERFORM biomero.check_name(upstream, 'upstream_application_name');
     END IF;
     IF events_table = 'biomero.events'::regclass THEN
         RAISE EXCEPTION USING ERRCODE = 'invalid_parameter_value',
             MESSAGE = 'events_table must be an eventsourcing events table, not biomero.events';
     END IF;
 
+    scope := biomero.check_import_source(events_table, 'events');
     -- The notification id column: notification_id (eventsourcing) or id
-    -- (eventsourcing-sqlalchemy).
-    SELECT a.attname INTO id_column
-    FROM pg_attribute AS a
-    WHERE a.attrelid = events_table AND a.attnum > 0 AND NOT a.attisdropped
-      AND a.attname IN ('notification_id', 'id')
-    ORDER BY a.attname = 'notification_id' DESC
-    LIMIT 1;
-    SELECT string_agg(c.column_name, ', ' ORDER BY c.column_name) INTO missing
-    FROM unnest(ARRAY['originator_id', 'originator_version', 'topic', 'state']) AS c(column_name)
-    WHERE NOT EXISTS (
-        SELECT FROM pg_attribute AS a
-        WHERE a.attrelid = events_table AND a.attnum > 0 AND NOT a.attisdropped
-          AND a.attname = c.column_name
-    );
-    IF id_column IS NULL OR missing IS NOT NULL THEN
+    -- (eventsourcing-sqlalchemy); one of two fixed expressions, never a name from input.
+    source_id := CASE WHEN EXISTS (
+            SELECT FROM pg_attribute AS a
+            WHERE a.attrelid = events_table AND a.attname = 'notification_id' AND a.attnum > 0
+              AND NOT a.attisdropped)
+        THEN 's.notification_id' ELSE 's.id' END;
+    wrong := biomero.unexpected_columns(events_table, ARRAY[
+        [CASE source_id WHEN 's.id' THEN 'id' ELSE 'notification_id' END, 'bigint or integer'],
+        ['originator_id', 'uuid or text or character varying'],
+        ['originator_version', 'bigint or integer'],
+        ['topic', 'text or character varying'],
+        ['state', 'bytea']]);
+    IF wrong IS NOT NULL THEN
         RAISE EXCEPTION USING ERRCODE = 'undefined_column',
             MESSAGE = format('%s is not an eventsourcing events table', events_table),
-            DETAIL = format('Missing columns: %s.',
-                concat_ws(', ', CASE WHEN id_column IS NULL THEN 'notification_id or id' END,
-                          missing));
+            DETAIL = format('Missing or of another type: %s.', wrong);
     END IF;
 
-    LOCK TABLE biomero.events IN SHARE ROW EXCLUSIVE MODE;
+    head := biomero.lock_for_import(target);
     EXECUTE format('LOCK TABLE %s IN SHARE MODE', events_table);
 
-    -- Two fixed statements, one per id column name, so that no name is pasted.
-    IF id_column = 'notification_id' THEN
-        statement := 'INSERT INTO biomero.events (application_name, notification_id,
-                          originator_id, originator_version, topic, state)
-                      SELECT $1, s.notification_id, s.originator_id::text::uuid,
-                             s.originator_version, s.topic, s.state
-                      FROM %s AS s
-                      ORDER BY s.notification_id
-                      ON CONFLICT DO NOTHING';
-    ELSE
-        statement := 'INSERT INTO biomero.events (application_name, notification_id,
-                          originator_id, originator_version, topic, state)
-                      SELECT $1, s.id, s.originator_id::text::uuid,
-                             s.originator_version, s.topic, s.state
-                      FROM %s AS s
-                      ORDER BY s.id
-                      ON CONFLICT DO NOTHING';
-    END IF;
-    EXECUTE format(statement, events_table) USING target;
-    GET DIAGNOSTICS events_imported = ROW_COUNT;
-
-    -- Every source event must now be in biomero.events, identical, at its own id: a row
-    -- skipped above for holding a different event is a conflict.
-    IF id_column = 'notification_id' THEN
-        statement := 'SELECT count(*), count(*) FILTER (WHERE e.notification_id IS NULL
-                          OR e.originator_id <> s.originator_id::text::uuid
-                          OR e.originator_version <> s.originator_version
-                          OR e.topic <> s.topic OR e.state <> s.state)
-                      FROM %s AS s
-                      LEFT JOIN biomero.events AS e
-                        ON e.application_name = $1 AND e.notification_id = s.notification_id';
-    ELSE
-        statement := 'SELECT count(*), count(*) FILTER (WHERE e.notification_id IS NULL
-                          OR e.originator_id <> s.originator_id::text::uuid
-                          OR e.originator_version <> s.originator_version
-                          OR e.topic <> s.topic OR e.state <> s.state)
-                      FROM %s AS s
-                      LEFT JOIN biomero.events AS e
-                        ON e.application_name = $1 AND e.notification_id = s.id';
-    END IF;
-    EXECUTE format(statement, events_table) USING target INTO source_rows, conflicting;
+    -- Every source event must be absent or identical at its own id, and an absent one must
+    -- carry an aggregate version the application does not have (at another id, or twice in
+    -- the source) and land above every id the application has committed, or a reader may
+    -- already have passed it.
+    EXECUTE format(
+        'SELECT count(*),
+                count(*) FILTER (WHERE e.notification_id IS NOT NULL AND e.same),
+                count(*) FILTER (WHERE (e.notification_id IS NOT NULL AND NOT e.same)
+                                    OR (e.notification_id IS NULL AND (s.taken OR s.copies > 1))),
+                count(*) FILTER (WHERE e.notification_id IS NULL AND s.id <= $2)
+         FROM (SELECT %2$s AS id, s.originator_id::text::uuid AS originator_id,
+                      s.originator_version, s.topic, s.state,
+                      count(*) OVER (PARTITION BY s.originator_id, s.originator_version) AS copies,
+                      EXISTS (SELECT FROM biomero.events AS v
+                              WHERE v.application_name = $1
+                                AND v.originator_id = s.originator_id::text::uuid
+                                AND v.originator_version = s.originator_version) AS taken
+               FROM %3$s%1$s AS s) AS s
+         LEFT JOIN LATERAL (
+             SELECT e.notification_id,
+                    e.originator_id = s.originator_id AND e.originator_version = s.originator_version
+                        AND e.topic = s.topic AND e.state = s.state AS same
+             FROM biomero.events AS e
+             WHERE e.application_name = $1 AND e.notification_id = s.id) AS e ON true',
+        events_table, source_id, scope)
+    USING target, head
+    INTO source_rows, present, conflicting, passed;
     IF conflicting > 0 THEN
         RAISE EXCEPTION USING ERRCODE = 'integrity_constraint_violation',
             MESSAGE = format('%s of the %s events in %s conflict with events application %L '
-                             'already has', conflicting, source_rows, events_table, target),
+                             'already has, or with each other', conflicting, source_rows,
+                             events_table, target),
             HINT = 'Another table was imported into this application, or it has recorded '
                    'events of its own since: import into an application name of its own.';
     END IF;
-    events_already_present := source_rows - events_imported;
+    IF passed > 0 THEN
+        RAISE EXCEPTION USING ERRCODE = 'object_not_in_prerequisite_state',
+            MESSAGE = format('%s of the %s events in %s would get ids at or below %s, the '
+                             'highest application %L has committed', passed, source_rows,
+                             events_table, head, target),
+            HINT = 'Readers may have passed those ids: import into an application name of its '
+                   'own, before anything appends to it.';
+    END IF;
+    EXECUTE format(
+        'INSERT INTO biomero.events (application_name, notification_id,
+                                     originator_id, originator_version, topic, state)
+         SELECT $1, %2$s, s.originator_id::text::uuid, s.originator_version, s.topic, s.state
+         FROM %3$s%1$s AS s
+         WHERE %2$s > $2
+         ORDER BY %2$s',
+        events_table, source_id, scope)
+    USING target, head;
+    GET DIAGNOSTICS events_imported = ROW_COUNT;
+    events_already_present := present;
 
     positions_advanced := 0;
     IF tracking_table IS NOT NULL THEN
-        SELECT string_agg(c.column_name, ', ' ORDER BY c.column_name) INTO missing
-        FROM unnest(ARRAY['application_name', 'notification_id']) AS c(column_name)
-        WHERE NOT EXISTS (
-            SELECT FROM pg_attribute AS a
-            WHERE a.attrelid = tracking_table AND a.attnum > 0 AND NOT a.attisdropped
-              AND a.attname = c.column_name
-        );
-        IF missing IS NOT NULL THEN
+        scope := biomero.check_import_source(tracking_table, 'tracking');
+        wrong := biomero.unexpected_columns(tracking_table, ARRAY[
+            ['application_name', 'text or character varying'],
+            ['notification_id', 'bigint or integer']]);
+        IF wrong IS NOT NULL THEN
             RAISE EXCEPTION USING ERRCODE = 'undefined_column',
                 MESSAGE = format('%s is not an eventsourcing tracking table', tracking_table),
-                DETAIL = format('Missing columns: %s.', missing);
+                DETAIL = format('Missing or of another type: %s.', wrong);
         END IF;
-        LOCK TABLE biomero.tracking IN SHARE ROW EXCLUSIVE MODE;
         EXECUTE format('LOCK TABLE %s IN SHARE MODE', tracking_table);
         -- Multi-row tables hold one row per processed notification, single-row ones one
         -- row per upstream: the highest id per upstream is the position either way.
@@ -150,15 +209,15 @@ BEGIN
             'INSERT INTO biomero.tracking AS t
                  (application_name, upstream_application_name, notification_id)
              SELECT $1, s.application_name, max(s.notification_id)
-             FROM %s AS s
-             WHERE s.notification_id > 0 AND length(s.application_name) > 0
+             FROM %2$s%1$s AS s
+             WHERE s.notification_id > 0 AND length(s.application_name) BETWEEN 1 AND 255
                AND s.application_name <> $3
                AND ($2::text IS NULL OR s.application_name = $2)
              GROUP BY s.application_name
              ON CONFLICT (application_name, upstream_application_name) DO UPDATE
                  SET notification_id = excluded.notification_id
                  WHERE t.notification_id < excluded.notification_id',
-            tracking_table)
+            tracking_table, scope)
         USING target, upstream, '__migration__';
         GET DIAGNOSTICS positions_advanced = ROW_COUNT;
     END IF;

@@ -1,7 +1,9 @@
--- select_notifications is PL/pgSQL: RETURN QUERY hands the rows of one index scan to the caller
--- as they are, where a Rust set-returning function converts every column of every row to Rust
--- and back (a 1,000-row page cost 2.6x a plain SELECT from Rust). Its argument checks raise the
--- same messages and SQLSTATEs as src/input.rs.
+-- The reads that are better as SQL. select_notifications is PL/pgSQL: RETURN QUERY hands the
+-- rows of one index scan to the caller as they are, where a Rust set-returning function
+-- converts every column of every row to Rust and back (a 1,000-row page cost 2.6x a plain
+-- SELECT from Rust). All of them run with the caller's snapshot, and read no further than
+-- biomero.readable_bound allows: nothing a later reader could find below what they returned.
+-- Arguments are checked by the same rules as the Rust functions (biomero.check_*).
 
 CREATE FUNCTION biomero.select_notifications(
     application_name text,
@@ -24,48 +26,32 @@ AS $function$
 DECLARE
     application text := select_notifications.application_name;
     after_id bigint;
-    wanted text;
-    position integer := 0;
+    last_id bigint;
 BEGIN
-    IF application IS NULL THEN
-        RAISE EXCEPTION 'application_name must not be NULL' USING ERRCODE = 'null_value_not_allowed';
-    ELSIF application = '' THEN
-        RAISE EXCEPTION 'application_name must not be empty' USING ERRCODE = 'invalid_parameter_value';
-    ELSIF length(application) > 255 THEN
-        RAISE EXCEPTION 'application_name is % characters long; the limit is 255', length(application)
-            USING ERRCODE = 'invalid_parameter_value';
-    END IF;
+    PERFORM biomero.check_name(application, 'application_name');
     IF "limit" IS NULL THEN
         RAISE EXCEPTION '"limit" must not be NULL' USING ERRCODE = 'null_value_not_allowed';
-    ELSIF "limit" < 0 THEN
-        RAISE EXCEPTION '"limit" must be >= 0, got %', "limit" USING ERRCODE = 'invalid_parameter_value';
     END IF;
-    IF topics IS NULL THEN
-        RAISE EXCEPTION 'topics must not be NULL' USING ERRCODE = 'null_value_not_allowed';
-    END IF;
-    FOREACH wanted IN ARRAY topics LOOP
-        position := position + 1;
-        IF wanted IS NULL THEN
-            RAISE EXCEPTION 'topics[%] must not be NULL', position USING ERRCODE = 'null_value_not_allowed';
-        ELSIF wanted = '' THEN
-            RAISE EXCEPTION 'topics[%] must not be empty', position USING ERRCODE = 'invalid_parameter_value';
-        END IF;
-    END LOOP;
+    PERFORM biomero.check_limit("limit");
+    PERFORM biomero.check_topics(topics);
     IF inclusive_of_start IS NULL THEN
         RAISE EXCEPTION 'inclusive_of_start must not be NULL' USING ERRCODE = 'null_value_not_allowed';
     END IF;
-    -- One exclusive lower bound, so the index scan starts at the right place.
+    -- One exclusive lower bound and one inclusive upper bound, so the index scan starts and
+    -- stops at the right place.
     after_id := CASE
         WHEN start IS NULL THEN -9223372036854775808
         WHEN inclusive_of_start AND start > -9223372036854775808 THEN start - 1
         ELSE start
     END;
+    last_id := least(coalesce(stop, 9223372036854775807),
+                     coalesce(biomero.readable_bound(application), 9223372036854775807));
     RETURN QUERY
     SELECT e.notification_id, e.originator_id, e.originator_version, e.topic, e.state
     FROM biomero.events AS e
     WHERE e.application_name = application
       AND e.notification_id > after_id
-      AND e.notification_id <= coalesce(stop, 9223372036854775807)
+      AND e.notification_id <= last_id
       AND (cardinality(topics) = 0 OR e.topic = ANY (topics))
     ORDER BY e.notification_id
     LIMIT "limit";
@@ -75,4 +61,44 @@ $function$;
 COMMENT ON FUNCTION biomero.select_notifications(text, bigint, bigint, bigint, text[], boolean) IS
 'Notifications of an application in id order: from start (NULL: the beginning; exclusive when '
 'inclusive_of_start is false) up to stop (inclusive), at most "limit", only the given topics '
-'when the array is not empty.';
+'when the array is not empty; never past what is settled for the caller''s snapshot.';
+
+CREATE FUNCTION biomero.max_notification_id(application_name text) RETURNS bigint
+LANGUAGE plpgsql STABLE PARALLEL SAFE
+SET search_path = pg_catalog, pg_temp
+AS $function$
+DECLARE
+    application text := max_notification_id.application_name;
+    last_id bigint;
+BEGIN
+    PERFORM biomero.check_name(application, 'application_name');
+    last_id := coalesce(biomero.readable_bound(application), 9223372036854775807);
+    RETURN (SELECT max(e.notification_id)
+            FROM biomero.events AS e
+            WHERE e.application_name = application AND e.notification_id <= last_id);
+END;
+$function$;
+
+COMMENT ON FUNCTION biomero.max_notification_id(text) IS
+'The highest notification id of the application a reader with the caller''s snapshot may '
+'read; NULL when there is none.';
+
+CREATE FUNCTION biomero.max_tracking_id(application_name text, upstream_application_name text)
+RETURNS bigint
+LANGUAGE plpgsql STABLE PARALLEL SAFE
+SET search_path = pg_catalog, pg_temp
+AS $function$
+DECLARE
+    follower text := max_tracking_id.application_name;
+    upstream text := max_tracking_id.upstream_application_name;
+BEGIN
+    PERFORM biomero.check_name(follower, 'application_name');
+    PERFORM biomero.check_name(upstream, 'upstream_application_name');
+    RETURN (SELECT t.notification_id
+            FROM biomero.tracking AS t
+            WHERE t.application_name = follower AND t.upstream_application_name = upstream);
+END;
+$function$;
+
+COMMENT ON FUNCTION biomero.max_tracking_id(text, text) IS
+'The last notification id of the upstream application the follower recorded; NULL when none.';

@@ -1,6 +1,39 @@
 -- Storage of biomero_tracking. Ids are assigned only by biomero.record_event(s); clients get
 -- no direct write privilege on these tables.
 
+-- Names, topics and lengths are checked as text, in characters: one rule needs one encoding.
+DO $encoding$
+BEGIN
+    IF pg_catalog.getdatabaseencoding() <> 'UTF8' THEN
+        RAISE EXCEPTION 'biomero_tracking needs a UTF8 database; database "%" uses %',
+                pg_catalog.current_database(), pg_catalog.getdatabaseencoding()
+            USING ERRCODE = 'feature_not_supported',
+                  HINT = 'Create the database with ENCODING ''UTF8'' TEMPLATE template0.';
+    END IF;
+END
+$encoding$;
+
+-- One row per application name, follower and upstream alike: a small id assigned once, which
+-- keys the extension's locks and shared memory, and the application's settings.
+CREATE SEQUENCE biomero.application_id_seq AS integer;
+
+CREATE TABLE biomero.application_registry (
+    application_id    integer NOT NULL DEFAULT nextval('biomero.application_id_seq'),
+    application_name  text    NOT NULL,
+    -- 'serialized': gapless ids in commit order; 'concurrent': writers never wait (holes).
+    append_mode       text    NOT NULL DEFAULT 'serialized',
+    -- Only members of this role may append to, record positions of or claim as it.
+    restricted_to     regrole,
+    -- The horizon the primary published for standbys (NULL: read everything).
+    published_horizon bigint,
+    CONSTRAINT application_registry_pkey PRIMARY KEY (application_id),
+    CONSTRAINT application_registry_application_name_key UNIQUE (application_name),
+    CONSTRAINT application_registry_append_mode_check
+        CHECK (append_mode IN ('serialized', 'concurrent'))
+);
+
+ALTER SEQUENCE biomero.application_id_seq OWNED BY biomero.application_registry.application_id;
+
 -- One row per stored event, as the eventsourcing library stores it, per application.
 CREATE TABLE biomero.events (
     application_name   text   NOT NULL,
@@ -27,28 +60,9 @@ CREATE TABLE biomero.tracking (
     CONSTRAINT tracking_notification_id_positive CHECK (notification_id > 0)
 );
 
--- pg_dump keeps the rows of extension tables only when they are registered.
+-- pg_dump keeps the rows of extension tables (and the value of sequences) only when they are
+-- registered.
+SELECT pg_catalog.pg_extension_config_dump('biomero.application_registry', '');
+SELECT pg_catalog.pg_extension_config_dump('biomero.application_id_seq', '');
 SELECT pg_catalog.pg_extension_config_dump('biomero.events', '');
 SELECT pg_catalog.pg_extension_config_dump('biomero.tracking', '');
-
--- Operator views. Counting events reads every row of an application: this is for looking,
--- not for polling.
-CREATE VIEW biomero.applications AS
-SELECT application_name,
-       max(notification_id) AS head_notification_id,
-       count(*)             AS event_count
-FROM biomero.events
-GROUP BY application_name;
-
-CREATE VIEW biomero.followers AS
-SELECT t.application_name,
-       t.upstream_application_name,
-       t.notification_id                              AS position,
-       head.notification_id                           AS upstream_head,
-       greatest(head.notification_id - t.notification_id, 0) AS lag
-FROM biomero.tracking AS t
-LEFT JOIN LATERAL (
-    SELECT max(e.notification_id) AS notification_id
-    FROM biomero.events AS e
-    WHERE e.application_name = t.upstream_application_name
-) AS head ON true;

@@ -1,9 +1,14 @@
-//! record_event / record_events: validate -> (tracking) -> reserve ids -> insert -> notify.
+//! record_event / record_events: validate -> authorize -> (tracking) -> reserve ids -> insert
+//! -> notify.
 
-use crate::error::{self, Error, Result};
+use crate::access::{self, Action};
+use crate::error::{Error, Result};
+use crate::registry::{self, Application, Mode};
+use crate::statements::{self, Snapshot};
 use crate::{ids, input, notify, tracking};
+use pgrx::pg_sys::panic::ErrorReport;
 use pgrx::prelude::*;
-use pgrx::Uuid;
+use pgrx::{PgSqlErrorCode, PgTryBuilder, Uuid};
 
 /// One event as the eventsourcing library stores it.
 struct NewEvent<'a> {
@@ -14,7 +19,7 @@ struct NewEvent<'a> {
 }
 
 /// Appends one event and returns its notification id.
-#[pg_extern(volatile, parallel_unsafe, security_definer)]
+#[pg_extern(volatile, parallel_unsafe)]
 #[search_path(pg_catalog, pg_temp)]
 fn record_event(
     application_name: Option<&str>,
@@ -22,22 +27,26 @@ fn record_event(
     originator_version: Option<i64>,
     topic: Option<&str>,
     state: Option<&[u8]>,
-) -> i64 {
-    let run = || -> Result<i64> {
-        let application = input::name(application_name, "application_name")?;
-        let event = NewEvent {
-            originator_id: input::required(originator_id, "originator_id")?,
-            originator_version: input::at_least(
-                input::required(originator_version, "originator_version")?,
-                0,
-                "originator_version",
-            )?,
-            topic: input::topic(topic, "topic")?,
-            state: input::required(state, "state")?,
-        };
-        Ok(append(application, &[event])?[0])
+) -> Result<i64, ErrorReport> {
+    let application = input::name(application_name, "application_name")?;
+    let event = NewEvent {
+        originator_id: input::required(originator_id, "originator_id")?,
+        originator_version: input::at_least(
+            input::required(originator_version, "originator_version")?,
+            0,
+            "originator_version",
+        )?,
+        topic: input::topic(topic, "topic")?,
+        state: input::required(state, "state")?,
     };
-    run().unwrap_or_else(|error| error.raise())
+    let caller = access::caller();
+    let _owner = access::as_owner("biomero.record_event")?;
+    let ids = statements::connected(|| {
+        let registered = registry::register(application)?;
+        caller.authorize(&registered, application, Action::Append)?;
+        append(application, &registered, &[event])
+    })?;
+    Ok(ids[0])
 }
 
 /// Appends a batch of events of one application, all or nothing, and returns their
@@ -45,7 +54,7 @@ fn record_event(
 /// application (as a follower) has processed it; when that position was already recorded it
 /// writes nothing and returns NULL.
 #[allow(clippy::too_many_arguments)]
-#[pg_extern(volatile, parallel_unsafe, security_definer)]
+#[pg_extern(volatile, parallel_unsafe)]
 #[search_path(pg_catalog, pg_temp)]
 fn record_events(
     application_name: Option<&str>,
@@ -55,80 +64,85 @@ fn record_events(
     states: Option<Array<&[u8]>>,
     upstream_application_name: default!(Option<&str>, "NULL"),
     upstream_notification_id: default!(Option<i64>, "NULL"),
-) -> Option<Vec<i64>> {
-    let run = || -> Result<Option<Vec<i64>>> {
-        let application = input::name(application_name, "application_name")?;
-        let ids = input::required(originator_ids, "originator_ids")?;
-        let versions = input::required(originator_versions, "originator_versions")?;
-        let topics = input::required(topics, "topics")?;
-        let states = input::required(states, "states")?;
-        let lengths = [ids.len(), versions.len(), topics.len(), states.len()];
-        if lengths.iter().any(|length| *length != lengths[0]) {
-            return Err(Error::InvalidArgument(format!(
-                "originator_ids, originator_versions, topics and states must have the same \
-                 length, got {}, {}, {} and {}",
-                lengths[0], lengths[1], lengths[2], lengths[3]
-            )));
-        }
-        let mut events = Vec::with_capacity(lengths[0]);
-        for (index, (((id, version), topic), state)) in ids
-            .iter()
-            .zip(versions.iter())
-            .zip(topics.iter())
-            .zip(states.iter())
-            .enumerate()
-        {
-            let element = |array: &str| format!("{array}[{}]", index + 1);
-            events.push(NewEvent {
-                originator_id: input::required(id, &element("originator_ids"))?,
-                originator_version: input::at_least(
-                    input::required(version, &element("originator_versions"))?,
-                    0,
-                    &element("originator_versions"),
-                )?,
-                topic: input::topic(topic, &element("topics"))?,
-                state: input::required(state, &element("states"))?,
-            });
-        }
-        let position = match (upstream_application_name, upstream_notification_id) {
-            (None, None) => None,
-            (upstream, notification_id) => Some(tracking::Position::new(
-                application,
-                upstream,
-                notification_id,
-                "upstream_application_name",
-                "upstream_notification_id",
-            )?),
-        };
-        if let Some(position) = position {
-            if !tracking::advance(&position)? {
+) -> Result<Option<Vec<i64>>, ErrorReport> {
+    let application = input::name(application_name, "application_name")?;
+    let ids = input::required(originator_ids, "originator_ids")?;
+    let versions = input::required(originator_versions, "originator_versions")?;
+    let topics = input::required(topics, "topics")?;
+    let states = input::required(states, "states")?;
+    let lengths = [ids.len(), versions.len(), topics.len(), states.len()];
+    if lengths.iter().any(|length| *length != lengths[0]) {
+        return Err(Error::InvalidArgument(format!(
+            "originator_ids, originator_versions, topics and states must have the same \
+             length, got {}, {}, {} and {}",
+            lengths[0], lengths[1], lengths[2], lengths[3]
+        ))
+        .into());
+    }
+    let mut events = Vec::with_capacity(lengths[0]);
+    for (index, (((id, version), topic), state)) in ids
+        .iter()
+        .zip(versions.iter())
+        .zip(topics.iter())
+        .zip(states.iter())
+        .enumerate()
+    {
+        let element = |array: &str| format!("{array}[{}]", index + 1);
+        events.push(NewEvent {
+            originator_id: input::required(id, &element("originator_ids"))?,
+            originator_version: input::at_least(
+                input::required(version, &element("originator_versions"))?,
+                0,
+                &element("originator_versions"),
+            )?,
+            topic: input::topic(topic, &element("topics"))?,
+            state: input::required(state, &element("states"))?,
+        });
+    }
+    let position = match (upstream_application_name, upstream_notification_id) {
+        (None, None) => None,
+        (upstream, notification_id) => Some(tracking::Position::new(
+            application,
+            upstream,
+            notification_id,
+            "upstream_application_name",
+            "upstream_notification_id",
+        )?),
+    };
+    let caller = access::caller();
+    let _owner = access::as_owner("biomero.record_events")?;
+    let ids = statements::connected(|| {
+        let registered = registry::register(application)?;
+        caller.authorize(&registered, application, Action::Append)?;
+        if let Some(position) = &position {
+            if !tracking::advance(position)? {
                 return Ok(None);
             }
         }
         if events.is_empty() {
             return Ok(Some(Vec::new()));
         }
-        append(application, &events).map(Some)
-    };
-    run().unwrap_or_else(|error| error.raise())
+        append(application, &registered, &events).map(Some)
+    })?;
+    Ok(ids)
 }
 
-/// The append itself; arguments are already valid.
-fn append(application: &str, events: &[NewEvent]) -> Result<Vec<i64>> {
-    let first = ids::reserve(application)?;
-    let inserted = insert(application, first, events)?;
-    if inserted.len() != events.len() {
-        return Err(version_conflict(application, events, &inserted));
+/// The append itself; arguments are valid and the caller authorized.
+fn append(name: &str, application: &Application, events: &[NewEvent]) -> Result<Vec<i64>> {
+    let count = events.len() as i64;
+    let reserved = ids::reserve(name, application, count)?;
+    insert(name, reserved.first, events)?;
+    let last = reserved.first + (count - 1);
+    // Concurrent appends are announced by the horizon publisher, once per advance.
+    if reserved.mode == Mode::Serialized {
+        notify::appended(name, reserved.first, last);
     }
-    let last = first + events.len() as i64 - 1;
-    notify::appended(application, first, last)?;
-    Ok((first..=last).collect())
+    Ok((reserved.first..=last).collect())
 }
 
-/// Inserts the events with ids from `first`, returning the aggregate keys actually inserted,
-/// in order. A key that already exists is skipped (and reported by the caller) rather than
-/// raised here, so that the only unique violation the API raises is the one it words itself.
-fn insert(application: &str, first: i64, events: &[NewEvent]) -> Result<Vec<(Uuid, i64)>> {
+/// Inserts the events with ids from `first`. A duplicate aggregate version is the one unique
+/// violation the API raises, worded by [`version_conflict`].
+fn insert(name: &str, first: i64, events: &[NewEvent]) -> Result<()> {
     let originator_ids: Vec<Uuid> = events.iter().map(|event| event.originator_id).collect();
     let versions: Vec<i64> = events
         .iter()
@@ -136,68 +150,53 @@ fn insert(application: &str, first: i64, events: &[NewEvent]) -> Result<Vec<(Uui
         .collect();
     let topics: Vec<&str> = events.iter().map(|event| event.topic).collect();
     let states: Vec<&[u8]> = events.iter().map(|event| event.state).collect();
-    let run = move || {
-        Spi::connect_mut(|client| {
-            let rows = client.update(
-                "INSERT INTO biomero.events (application_name, notification_id, originator_id, \
-                     originator_version, topic, state) \
-                 SELECT $1, $2 + e.ordinality - 1, e.originator_id, e.originator_version, \
-                     e.topic, e.state \
-                 FROM unnest($3::uuid[], $4::bigint[], $5::text[], $6::bytea[]) \
-                     WITH ORDINALITY AS e(originator_id, originator_version, topic, state, \
-                     ordinality) \
-                 ON CONFLICT DO NOTHING \
-                 RETURNING originator_id, originator_version",
-                None,
-                &[
-                    application.into(),
-                    first.into(),
-                    originator_ids.into(),
-                    versions.into(),
-                    topics.into(),
-                    states.into(),
-                ],
-            )?;
-            let mut keys = Vec::with_capacity(rows.len());
-            for row in rows {
-                keys.push((
-                    row.get::<Uuid>(1)?.expect("originator_id is NOT NULL"),
-                    row.get::<i64>(2)?.expect("originator_version is NOT NULL"),
-                ));
-            }
-            Ok::<_, pgrx::spi::Error>(keys)
-        })
-    };
-    // Under REPEATABLE READ and SERIALIZABLE a conflict with a row committed after the
-    // transaction's snapshot is a serialization failure.
-    let conflict = || {
-        format!(
-            "application \"{application}\" received events committed after this \
-             transaction's snapshot was taken"
+    let arguments = [
+        name.into_datum(),
+        first.into_datum(),
+        originator_ids.into_datum(),
+        versions.into_datum(),
+        topics.into_datum(),
+        states.into_datum(),
+    ];
+    let name = name.to_string();
+    PgTryBuilder::new(|| {
+        statements::execute(
+            &statements::INSERT_EVENTS,
+            &arguments,
+            Snapshot::Current,
+            |_| (),
         )
-    };
-    let keys = error::reword_serialization_failure(conflict, run)?;
-    Ok(keys)
+        .map(|_| ())
+    })
+    .catch_when(PgSqlErrorCode::ERRCODE_UNIQUE_VIOLATION, move |caught| {
+        let (message, detail) = match &caught {
+            pgrx::pg_sys::panic::CaughtError::PostgresError(report)
+            | pgrx::pg_sys::panic::CaughtError::ErrorReport(report) => (
+                report.message().to_string(),
+                report.detail().map(str::to_string),
+            ),
+            _ => caught.rethrow(),
+        };
+        if !message.contains("\"events_aggregate_version_key\"") {
+            caught.rethrow()
+        }
+        version_conflict(&name, detail.as_deref()).raise()
+    })
+    .execute()
 }
 
-/// Names the first event whose aggregate version was not inserted.
-fn version_conflict(application: &str, events: &[NewEvent], inserted: &[(Uuid, i64)]) -> Error {
-    let mut inserted = inserted.iter().peekable();
-    let skipped = events
-        .iter()
-        .find(|event| {
-            let key = (event.originator_id, event.originator_version);
-            if inserted.peek() == Some(&&key) {
-                inserted.next();
-                false
-            } else {
-                true
-            }
-        })
-        .expect("fewer rows inserted than events given");
+/// The conflict error, naming the aggregate and version from the unique violation's detail
+/// (`Key (application_name, originator_id, originator_version)=(…, <uuid>, <version>) …`).
+fn version_conflict(application: &str, detail: Option<&str>) -> Error {
+    let key = detail
+        .and_then(|detail| detail.rsplit_once("=(").map(|(_, values)| values))
+        .and_then(|values| values.rsplit_once(')').map(|(values, _)| values));
+    let mut parts = key.map(|key| key.rsplitn(3, ", ")).into_iter().flatten();
+    let version = parts.next().unwrap_or("?").to_string();
+    let originator_id = parts.next().unwrap_or("?").to_string();
     Error::VersionConflict {
         application: application.to_string(),
-        originator_id: skipped.originator_id.to_string(),
-        version: skipped.originator_version,
+        originator_id,
+        version,
     }
 }

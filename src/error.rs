@@ -4,7 +4,7 @@ use pgrx::pg_sys::panic::ErrorReport;
 use pgrx::{PgSqlErrorCode, PgTryBuilder};
 use std::panic::{RefUnwindSafe, UnwindSafe};
 
-pub type Result<T> = std::result::Result<T, Error>;
+pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -23,7 +23,7 @@ pub enum Error {
     VersionConflict {
         application: String,
         originator_id: String,
-        version: i64,
+        version: String,
     },
 
     /// The client transaction's snapshot predates a concurrent commit it must build on.
@@ -38,12 +38,39 @@ pub enum Error {
     #[error("canceling statement while waiting for {0}")]
     Canceled(String),
 
+    /// The caller is not a member of the role an application is restricted to.
+    #[error("permission denied to {action} application \"{application}\"")]
+    Restricted {
+        action: &'static str,
+        application: String,
+        role: String,
+    },
+
+    /// No notification id is left for an application.
+    #[error(
+        "application \"{0}\" has no notification ids left: the next would exceed 9223372036854775807"
+    )]
+    IdsExhausted(String),
+
+    /// Something the call needs is not in place (an update, a setting, a mode).
+    #[error("{0}")]
+    NotInPrerequisiteState(String),
+
+    /// A fixed capacity of the shared memory is used up.
+    #[error("{0}")]
+    CapacityExceeded(String),
+
+    /// A request the extension does not support.
+    #[error("{0}")]
+    NotSupported(String),
+
     /// A function of an older release called before `ALTER EXTENSION … UPDATE`.
     #[error("{0} needs the extension's update: run ALTER EXTENSION biomero_tracking UPDATE")]
     UpdateRequired(&'static str),
 
-    #[error("internal SPI error: {0}")]
-    Spi(#[from] pgrx::spi::Error),
+    /// A condition the code rules out; reaching it is a defect.
+    #[error("internal error: {0}")]
+    Internal(String),
 }
 
 impl Error {
@@ -55,8 +82,24 @@ impl Error {
             Error::SerializationFailure(_) => PgSqlErrorCode::ERRCODE_T_R_SERIALIZATION_FAILURE,
             Error::LockTimeout(_) => PgSqlErrorCode::ERRCODE_LOCK_NOT_AVAILABLE,
             Error::Canceled(_) => PgSqlErrorCode::ERRCODE_QUERY_CANCELED,
-            Error::UpdateRequired(_) => PgSqlErrorCode::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
-            Error::Spi(_) => PgSqlErrorCode::ERRCODE_INTERNAL_ERROR,
+            Error::Restricted { .. } => PgSqlErrorCode::ERRCODE_INSUFFICIENT_PRIVILEGE,
+            Error::IdsExhausted(_) => PgSqlErrorCode::ERRCODE_NUMERIC_VALUE_OUT_OF_RANGE,
+            Error::NotInPrerequisiteState(_) | Error::UpdateRequired(_) => {
+                PgSqlErrorCode::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE
+            }
+            Error::CapacityExceeded(_) => PgSqlErrorCode::ERRCODE_CONFIGURATION_LIMIT_EXCEEDED,
+            Error::NotSupported(_) => PgSqlErrorCode::ERRCODE_FEATURE_NOT_SUPPORTED,
+            Error::Internal(_) => PgSqlErrorCode::ERRCODE_INTERNAL_ERROR,
+        }
+    }
+
+    fn detail(&self) -> Option<String> {
+        match self {
+            Error::Restricted { role, .. } => Some(format!(
+                "Only members of role \"{role}\" may append to, record positions of or claim as \
+                 this application."
+            )),
+            _ => None,
         }
     }
 
@@ -72,7 +115,8 @@ impl Error {
         }
     }
 
-    /// Raises this error as a PostgreSQL ERROR; never returns.
+    /// Raises this error as a PostgreSQL ERROR; never returns. Only for places that cannot
+    /// return a `Result` (PgTry handlers and callbacks).
     pub fn raise(self) -> ! {
         ErrorReport::from(self).report(pgrx::PgLogLevel::ERROR);
         unreachable!("ERROR does not return")
@@ -81,12 +125,15 @@ impl Error {
 
 impl From<Error> for ErrorReport {
     fn from(error: Error) -> Self {
-        let hint = error.hint();
-        let report = ErrorReport::new(error.sqlstate(), error.to_string(), "biomero_tracking");
-        match hint {
-            Some(hint) => report.set_hint(hint),
-            None => report,
+        let (detail, hint) = (error.detail(), error.hint());
+        let mut report = ErrorReport::new(error.sqlstate(), error.to_string(), "biomero_tracking");
+        if let Some(detail) = detail {
+            report = report.set_detail(detail);
         }
+        if let Some(hint) = hint {
+            report = report.set_hint(hint);
+        }
+        report
     }
 }
 

@@ -1,31 +1,173 @@
-//! Notification-id allocation: the one boundary every append goes through.
+//! Notification-id allocation: the one boundary every append goes through, with one strategy
+//! per append mode.
 //!
-//! Today's strategy serializes the appends of one application: it takes the application's
-//! append lock (held to commit) and continues from the highest committed id. The lock is
-//! released only after the holder's commit is visible, so ids become visible in id order; a
-//! rolled-back append hands its ids to the next writer, so there are no gaps. The max() is one
-//! descent of the primary-key index, so its cost does not grow with the log.
+//! * **serialized** (the default): the application's append lock, held to commit, then the
+//!   highest committed id plus one. Ids become visible in id order and a rolled-back append
+//!   hands its ids to the next writer, so ids are gapless. The max() is one descent of the
+//!   primary-key index, read with the latest snapshot after the lock, so it sees the previous
+//!   holder's commit at every isolation level.
+//! * **concurrent**: ids from the application's counter in shared memory; writers never wait
+//!   for each other, ids may have holes (rolled-back appends), and readers are held to the
+//!   horizon (`shared.rs`).
+//!
+//! Switching modes is safe under load: a serialized writer waits (with the lock) until every
+//! transaction still holding concurrent ids has ended, and switching to concurrent starts the
+//! counter above everything committed.
 
-use crate::error::Result;
-use crate::locks::{self, LockKind};
-use pgrx::prelude::*;
+use crate::access;
+use crate::error::{Error, Result};
+use crate::locks;
+use crate::registry::{self, Application, Mode};
+use crate::shared::{self, EntryRef, Registration};
+use crate::statements::{self, Snapshot};
+use crate::worker;
+use pgrx::pg_sys;
+use pgrx::IntoDatum;
 
-/// Reserves the next notification ids of `application` for the current transaction and
-/// returns the first; the caller inserts consecutive ids from it before anything else appends.
-pub fn reserve(application: &str) -> Result<i64> {
-    locks::acquire(LockKind::Append, &[application], true)?;
-    // `update` (not `select`) makes SPI take a fresh snapshot under READ COMMITTED: the
-    // statement's own snapshot predates the lock wait and could miss the last holder's ids.
-    let head = Spi::connect_mut(|client| {
-        client
-            .update(
-                "SELECT coalesce(max(notification_id), 0) FROM biomero.events \
-                 WHERE application_name = $1",
-                None,
-                &[application.into()],
-            )?
-            .first()
-            .get_one::<i64>()
-    })?;
-    Ok(head.unwrap_or(0) + 1)
+/// Ids reserved for the current transaction: `first` and the following ones.
+pub struct Reserved {
+    pub first: i64,
+    /// The strategy that reserved them.
+    pub mode: Mode,
+}
+
+/// Reserves `count` consecutive ids of `application` for the current transaction; the caller
+/// inserts them before anything else appends.
+pub fn reserve(name: &str, application: &Application, count: i64) -> Result<Reserved> {
+    let Some(shared) = shared::shared() else {
+        if application.mode == Mode::Concurrent {
+            return Err(not_preloaded(name));
+        }
+        locks::append(name, application.id)?;
+        return after_head(name, application, count);
+    };
+    let relation = access::events_relation()?;
+    let entry = match application.mode {
+        Mode::Concurrent => Some(shared.find_or_create(relation, application.id)?),
+        Mode::Serialized => shared.find(relation, application.id),
+    };
+    if let Some(entry) = &entry {
+        ready(name, application, entry)?;
+        if (entry.mode() == Mode::Concurrent || entry.held_here()?)
+            && matches!(entry.register()?, Registration::Concurrent)
+        {
+            return concurrent(name, entry, count);
+        }
+    }
+    locks::append(name, application.id)?;
+    // Looked up again under the lock: a switch to concurrent may have committed meanwhile.
+    if let Some(entry) = shared.find(relation, application.id) {
+        ready(name, application, &entry)?;
+        if entry.mode() == Mode::Concurrent && matches!(entry.register()?, Registration::Concurrent)
+        {
+            return concurrent(name, &entry, count);
+        }
+        wait_until_settled(&entry);
+    }
+    after_head(name, application, count)
+}
+
+fn not_preloaded(name: &str) -> Error {
+    Error::NotInPrerequisiteState(format!(
+        "application \"{name}\" is in concurrent append mode, which needs biomero_tracking in \
+         shared_preload_libraries: add it and restart, or run \
+         biomero.set_append_mode('{name}', 'serialized')"
+    ))
+}
+
+/// Initializes `entry` from the committed state if no one has since the server started.
+pub fn ready(name: &str, application: &Application, entry: &EntryRef) -> Result<()> {
+    if entry.is_ready() {
+        return Ok(());
+    }
+    // The append lock waits out serialized appends and mode changes in progress; no
+    // concurrent append can have begun, as none does before the entry is ready.
+    locks::append(name, application.id)?;
+    if entry.is_ready() {
+        return Ok(());
+    }
+    let committed = registry::find(name, Snapshot::Latest)?
+        .ok_or_else(|| Error::Internal(format!("application \"{name}\" is not registered")))?;
+    entry.initialize(committed.mode, head(name)?.unwrap_or(0).saturating_add(1));
+    Ok(())
+}
+
+fn concurrent(name: &str, entry: &EntryRef, count: i64) -> Result<Reserved> {
+    let first = entry
+        .take(count)
+        .ok_or_else(|| Error::IdsExhausted(name.to_string()))?;
+    worker::ensure_running()?;
+    Ok(Reserved {
+        first,
+        mode: Mode::Concurrent,
+    })
+}
+
+/// The serialized strategy's ids, under the append lock: right after the highest committed.
+fn after_head(name: &str, application: &Application, count: i64) -> Result<Reserved> {
+    if application.published_horizon.is_some() {
+        // Standbys no longer need a horizon for this application: nothing is in flight.
+        statements::execute(
+            &statements::PUBLISH_HORIZON,
+            &[application.id.into_datum(), None],
+            Snapshot::Latest,
+            |_| (),
+        )?;
+    }
+    let head = head(name)?.unwrap_or(0);
+    head.checked_add(count)
+        .ok_or_else(|| Error::IdsExhausted(name.to_string()))?;
+    Ok(Reserved {
+        first: head + 1,
+        mode: Mode::Serialized,
+    })
+}
+
+/// Waits until no transaction holds concurrent ids of the application: each holder is waited
+/// for on its transaction lock, so deadlocks are detected.
+fn wait_until_settled(entry: &EntryRef) {
+    loop {
+        let (holders, registering) = entry.holders();
+        if holders.is_empty() && !registering {
+            return;
+        }
+        for xid in holders {
+            // SAFETY: waits on another transaction's lock (never our own: this transaction
+            // holds no concurrent ids, or it would have appended concurrently).
+            unsafe {
+                pg_sys::XactLockTableWait(
+                    pg_sys::TransactionId::from(xid as u32),
+                    std::ptr::null_mut(),
+                    std::ptr::null_mut(),
+                    pg_sys::XLTW_Oper::XLTW_None,
+                )
+            };
+        }
+        if registering {
+            // A writer between counting itself and publishing its slot: a moment.
+            // SAFETY: sleeps on this backend's latch, waking for interrupts.
+            unsafe {
+                pg_sys::WaitLatch(
+                    pg_sys::MyLatch,
+                    (pg_sys::WL_LATCH_SET | pg_sys::WL_TIMEOUT | pg_sys::WL_EXIT_ON_PM_DEATH)
+                        as i32,
+                    1,
+                    pg_sys::PG_WAIT_EXTENSION,
+                );
+                pg_sys::ResetLatch(pg_sys::MyLatch);
+            }
+            pgrx::check_for_interrupts!();
+        }
+    }
+}
+
+/// The highest committed id of `name`, read with the latest snapshot.
+pub fn head(name: &str) -> Result<Option<i64>> {
+    Ok(statements::first(
+        &statements::HEAD,
+        &[name.into_datum()],
+        Snapshot::Latest,
+        |row| row.get::<i64>(1),
+    )?
+    .flatten())
 }

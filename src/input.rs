@@ -1,10 +1,14 @@
-//! Argument validation: every check runs before anything is locked or written.
+//! Argument validation: every check runs before anything is locked or written. The SQL-language
+//! functions call the same checks through `biomero.check_name` and `biomero.check_limit`, so
+//! each rule and its message is written once.
 
 use crate::error::{Error, Result};
+use pgrx::pg_sys::panic::ErrorReport;
+use pgrx::prelude::*;
 
 /// Longest application name accepted, in characters. eventsourcing names applications after
-/// their Python class, so this is generous; the limit keeps lock keys, NOTIFY payloads and
-/// index entries small.
+/// their Python class, so this is generous; the limit keeps NOTIFY payloads and index entries
+/// small.
 pub const MAX_NAME_LENGTH: usize = 255;
 
 pub fn required<T>(value: Option<T>, what: &str) -> Result<T> {
@@ -48,4 +52,31 @@ pub fn limit(value: Option<i64>) -> Result<Option<i64>> {
     value
         .map(|limit| at_least(limit, 0, "\"limit\""))
         .transpose()
+}
+
+/// The name rule for SQL-language functions: raises what [`name`] raises.
+#[pg_extern(immutable, parallel_safe)]
+#[search_path(pg_catalog, pg_temp)]
+fn check_name(value: Option<&str>, argument: Option<&str>) -> Result<(), ErrorReport> {
+    name(value, argument.unwrap_or("name"))?;
+    Ok(())
+}
+
+/// The limit rule for SQL-language functions: raises what [`limit`] raises.
+#[pg_extern(immutable, parallel_safe)]
+#[search_path(pg_catalog, pg_temp)]
+fn check_limit(value: Option<i64>) -> Result<(), ErrorReport> {
+    limit(value)?;
+    Ok(())
+}
+
+/// The topics filter rule for SQL-language functions: an array of non-empty topics.
+#[pg_extern(immutable, parallel_safe)]
+#[search_path(pg_catalog, pg_temp)]
+fn check_topics(topics: Option<Array<&str>>) -> Result<(), ErrorReport> {
+    let topics = required(topics, "topics")?;
+    for (index, wanted) in topics.iter().enumerate() {
+        topic(wanted, &format!("topics[{}]", index + 1))?;
+    }
+    Ok(())
 }

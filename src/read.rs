@@ -1,54 +1,23 @@
-//! Reads: one aggregate's events, heads and positions. `select_notifications`, which returns
-//! pages of up to thousands of rows, is PL/pgSQL (`sql/read.sql`): it passes the rows of its
-//! index scan through without converting each column to Rust and back.
+//! Reads: one aggregate's events, and what the SQL-language reads (`sql/read.sql`) need from
+//! shared memory: how far a reader may read, the horizon now and the appends in flight.
+//!
+//! Every read runs with the caller's snapshot, assigns no transaction id, works in parallel
+//! plans and on a standby.
 
+use crate::access;
 use crate::error::{Error, Result};
 use crate::input;
+use crate::registry;
+use crate::shared;
+use crate::statements::{self, Snapshot};
+use pgrx::pg_sys::panic::ErrorReport;
 use pgrx::prelude::*;
 use pgrx::Uuid;
 
-/// (notification_id, originator_id, originator_version, topic, state); the `#[pg_extern]`
-/// signatures below spell it out because pgrx reads column names from the tuple itself.
-type EventRow = (i64, Uuid, i64, String, Vec<u8>);
-
-fn event_rows(
-    query: &str,
-    args: &[pgrx::datum::DatumWithOid],
-) -> Result<TableIterator<'static, EventRow>> {
-    let rows = Spi::connect(|client| {
-        let table = client.select(query, None, args)?;
-        let mut rows = Vec::with_capacity(table.len());
-        for row in table {
-            rows.push((
-                row.get::<i64>(1)?.expect("notification_id is NOT NULL"),
-                row.get::<Uuid>(2)?.expect("originator_id is NOT NULL"),
-                row.get::<i64>(3)?.expect("originator_version is NOT NULL"),
-                row.get::<String>(4)?.expect("topic is NOT NULL"),
-                row.get::<Vec<u8>>(5)?.expect("state is NOT NULL"),
-            ));
-        }
-        Ok::<_, pgrx::spi::Error>(rows)
-    })?;
-    Ok(TableIterator::new(rows))
-}
-
-macro_rules! aggregate_events_query {
-    ($direction:literal) => {
-        concat!(
-            "SELECT notification_id, originator_id, originator_version, topic, state \
-             FROM biomero.events \
-             WHERE application_name = $1 AND originator_id = $2 \
-               AND originator_version > coalesce($3, -1) \
-               AND originator_version <= coalesce($4, 9223372036854775807) \
-             ORDER BY originator_version ",
-            $direction,
-            " LIMIT $5"
-        )
-    };
-}
-
 /// Events of one aggregate, by version: after `gt`, up to `lte`, descending when `desc`, at
 /// most `limit` (NULL: all).
+// pgrx reads the column names from the signature itself.
+#[allow(clippy::type_complexity)]
 #[pg_extern(stable, parallel_safe)]
 #[search_path(pg_catalog, pg_temp)]
 fn select_events(
@@ -58,79 +27,180 @@ fn select_events(
     lte: default!(Option<i64>, "NULL"),
     desc: default!(Option<bool>, false),
     limit: default!(Option<i64>, "NULL"),
-) -> TableIterator<
-    'static,
-    (
-        name!(notification_id, i64),
-        name!(originator_id, Uuid),
-        name!(originator_version, i64),
-        name!(topic, String),
-        name!(state, Vec<u8>),
-    ),
+) -> Result<
+    TableIterator<
+        'static,
+        (
+            name!(notification_id, i64),
+            name!(originator_id, Uuid),
+            name!(originator_version, i64),
+            name!(topic, String),
+            name!(state, Vec<u8>),
+        ),
+    >,
+    ErrorReport,
 > {
-    let run = || {
-        let application = input::name(application_name, "application_name")?;
-        let originator_id = input::required(originator_id, "originator_id")?;
-        let descending = input::required(desc, "\"desc\"")?;
-        let limit = input::limit(limit)?;
-        // Two fixed statements (not a pasted direction), so each can walk the index in order.
-        let query = if descending {
-            aggregate_events_query!("DESC")
-        } else {
-            aggregate_events_query!("ASC")
+    let application = input::name(application_name, "application_name")?;
+    let originator_id = input::required(originator_id, "originator_id")?;
+    let descending = input::required(desc, "\"desc\"")?;
+    let limit = input::limit(limit)?;
+    let statement = if descending {
+        &statements::AGGREGATE_EVENTS_DESCENDING
+    } else {
+        &statements::AGGREGATE_EVENTS_ASCENDING
+    };
+    let arguments = [
+        application.into_datum(),
+        originator_id.into_datum(),
+        gt.into_datum(),
+        lte.into_datum(),
+        limit.into_datum(),
+    ];
+    let rows = statements::connected(|| {
+        let (_, rows) = statements::execute(statement, &arguments, Snapshot::Caller, |row| {
+            Some((
+                row.get::<i64>(1)?,
+                row.get::<Uuid>(2)?,
+                row.get::<i64>(3)?,
+                row.get::<String>(4)?,
+                row.get::<Vec<u8>>(5)?,
+            ))
+        })?;
+        rows.into_iter()
+            .collect::<Option<Vec<_>>>()
+            .ok_or_else(|| Error::Internal("a NOT NULL column of biomero.events is NULL".into()))
+    })?;
+    Ok(TableIterator::new(rows))
+}
+
+fn in_recovery() -> bool {
+    // SAFETY: reads shared state.
+    unsafe { pg_sys::RecoveryInProgress() }
+}
+
+/// The highest notification id of `application_name` a reader with the caller's snapshot may
+/// return, NULL when it may read everything. On a primary it comes from shared memory (see
+/// `shared.rs`); on a standby it is the horizon the primary published through WAL.
+#[pg_extern(stable, parallel_safe)]
+#[search_path(pg_catalog, pg_temp)]
+fn readable_bound(application_name: Option<&str>) -> Result<Option<i64>, ErrorReport> {
+    let application = input::name(application_name, "application_name")?;
+    Ok(statements::connected(|| {
+        let Some(registered) = registry::find(application, Snapshot::Caller)? else {
+            return Ok(None);
         };
-        event_rows(
-            query,
-            &[
-                application.into(),
-                originator_id.into(),
-                gt.into(),
-                lte.into(),
-                limit.into(),
-            ],
-        )
-    };
-    run().unwrap_or_else(|error| error.raise())
+        if in_recovery() {
+            return Ok(registered.published_horizon);
+        }
+        let Some(shared) = shared::shared() else {
+            return Ok(None);
+        };
+        let Some(entry) = shared.find(access::events_relation()?, registered.id) else {
+            return Ok(None);
+        };
+        if !entry.is_ready() {
+            // No concurrent append has begun since the server started.
+            return Ok(None);
+        }
+        // SAFETY: the snapshot of the statement that called this function.
+        let snapshot = unsafe { pg_sys::GetActiveSnapshot() };
+        Ok(entry.readable_bound(snapshot))
+    })?)
 }
 
-/// The entry point of the 0.1.0 `select_notifications`, which was implemented here (it is
-/// PL/pgSQL now, in `sql/read.sql`). A database still at 0.1.0 calls it until it runs `ALTER
-/// EXTENSION biomero_tracking UPDATE`; it says so instead of failing on a missing symbol.
-#[pg_extern(sql = false)]
-fn select_notifications() -> i64 {
-    Error::UpdateRequired("biomero.select_notifications").raise()
-}
-
-/// The highest notification id of `application_name`, NULL when it has no events.
+/// The application's live append mode and horizon now (the highest id below every id in
+/// flight; NULL when nothing is in flight in serialized mode). On a standby: the mode and the
+/// horizon published by the primary.
+// pgrx reads the column names from the signature itself.
+#[allow(clippy::type_complexity)]
 #[pg_extern(stable, parallel_safe)]
 #[search_path(pg_catalog, pg_temp)]
-fn max_notification_id(application_name: Option<&str>) -> Option<i64> {
-    let run = || -> Result<Option<i64>> {
-        let application = input::name(application_name, "application_name")?;
-        Ok(Spi::get_one_with_args(
-            "SELECT max(notification_id) FROM biomero.events WHERE application_name = $1",
-            &[application.into()],
-        )?)
-    };
-    run().unwrap_or_else(|error| error.raise())
-}
-
-/// The last notification id of `upstream_application_name` that follower `application_name`
-/// recorded, NULL when none.
-#[pg_extern(stable, parallel_safe)]
-#[search_path(pg_catalog, pg_temp)]
-fn max_tracking_id(
+fn append_state(
     application_name: Option<&str>,
-    upstream_application_name: Option<&str>,
-) -> Option<i64> {
-    let run = || -> Result<Option<i64>> {
-        let follower = input::name(application_name, "application_name")?;
-        let upstream = input::name(upstream_application_name, "upstream_application_name")?;
-        Ok(Spi::get_one_with_args(
-            "SELECT max(notification_id) FROM biomero.tracking \
-             WHERE application_name = $1 AND upstream_application_name = $2",
-            &[follower.into(), upstream.into()],
-        )?)
+) -> Result<
+    TableIterator<
+        'static,
+        (
+            name!(append_mode, Option<String>),
+            name!(horizon, Option<i64>),
+        ),
+    >,
+    ErrorReport,
+> {
+    let application = input::name(application_name, "application_name")?;
+    let row = statements::connected(|| {
+        let Some(registered) = registry::find(application, Snapshot::Caller)? else {
+            return Ok((None, None));
+        };
+        if in_recovery() {
+            return Ok((
+                Some(registered.mode.as_str().to_string()),
+                registered.published_horizon,
+            ));
+        }
+        let entry = match shared::shared() {
+            Some(shared) => shared.find(access::events_relation()?, registered.id),
+            None => None,
+        };
+        Ok(match entry {
+            Some(entry) if entry.is_ready() => {
+                (Some(entry.mode().as_str().to_string()), entry.horizon())
+            }
+            _ => (Some(registered.mode.as_str().to_string()), None),
+        })
+    })?;
+    Ok(TableIterator::once(row))
+}
+
+/// Transactions holding concurrent ids not yet committed, in this database: which application,
+/// which backend, since when, and the lowest id each holds (the horizon is below the lowest).
+// pgrx reads the column names from the signature itself.
+#[allow(clippy::type_complexity)]
+#[pg_extern(volatile, parallel_restricted)]
+#[search_path(pg_catalog, pg_temp)]
+fn in_flight_appends() -> Result<
+    TableIterator<
+        'static,
+        (
+            name!(application_name, Option<String>),
+            name!(pid, i32),
+            name!(transaction_start, TimestampWithTimeZone),
+            name!(lowest_id, i64),
+        ),
+    >,
+    ErrorReport,
+> {
+    let Some(shared) = shared::shared() else {
+        return Ok(TableIterator::new(Vec::new()));
     };
-    run().unwrap_or_else(|error| error.raise())
+    let registrations = shared.registrations(access::events_relation()?);
+    let rows = statements::connected(|| {
+        let ids: Vec<i32> = registrations.iter().map(|row| row.0).collect();
+        let (_, names) = statements::execute(
+            &statements::APPLICATION_NAMES,
+            &[ids.into_datum()],
+            Snapshot::Caller,
+            |row| (row.get::<i32>(1), row.get::<String>(2)),
+        )?;
+        let names: std::collections::HashMap<i32, String> = names
+            .into_iter()
+            .filter_map(|(id, name)| Some((id?, name?)))
+            .collect();
+        Ok(registrations
+            .iter()
+            .map(|(id, pid, started, lowest)| {
+                (
+                    names.get(id).cloned(),
+                    *pid,
+                    // SAFETY: a PostgreSQL timestamp read from shared memory.
+                    unsafe {
+                        TimestampWithTimeZone::from_datum(pg_sys::Datum::from(*started), false)
+                    }
+                    .expect("a timestamp datum"),
+                    *lowest,
+                )
+            })
+            .collect::<Vec<_>>())
+    })?;
+    Ok(TableIterator::new(rows))
 }

@@ -1,4 +1,4 @@
-//! Follower positions: record_tracking and claim.
+//! Follower positions: record_tracking, claim and reset_position.
 //!
 //! A follower application processes the notifications of an upstream application and records
 //! the last one it processed. Recording is `INSERT … ON CONFLICT DO UPDATE … WHERE` on one row
@@ -6,9 +6,15 @@
 //! position or reports that it was already there. The claim lets several processes of one
 //! follower take turns instead of processing the same notification twice.
 
-use crate::error::{self, Result};
+use crate::access::{self, Action};
+use crate::error::{self, Error, Result};
+use crate::ids;
 use crate::input;
 use crate::locks::{self, LockKind};
+use crate::registry::{self, Mode};
+use crate::shared;
+use crate::statements::{self, Snapshot};
+use pgrx::pg_sys::panic::ErrorReport;
 use pgrx::prelude::*;
 
 /// A validated (follower, upstream, notification id) triple.
@@ -39,7 +45,9 @@ impl<'a> Position<'a> {
 }
 
 /// Moves the pair's position forward to `position`; false when it was already at or past it.
+/// The caller is authorized for the follower.
 pub fn advance(position: &Position) -> Result<bool> {
+    check_readable(position)?;
     let conflict = || {
         format!(
             "the position of follower \"{}\" on upstream \"{}\" was recorded after this \
@@ -47,96 +55,192 @@ pub fn advance(position: &Position) -> Result<bool> {
             position.follower, position.upstream
         )
     };
-    let advanced = error::reword_serialization_failure(conflict, || {
-        Spi::connect_mut(|client| {
-            client
-                .update(
-                    "INSERT INTO biomero.tracking AS t \
-                     (application_name, upstream_application_name, notification_id) \
-                 VALUES ($1, $2, $3) \
-                 ON CONFLICT (application_name, upstream_application_name) DO UPDATE \
-                     SET notification_id = excluded.notification_id \
-                     WHERE t.notification_id < excluded.notification_id \
-                 RETURNING true",
-                    None,
-                    &[
-                        position.follower.into(),
-                        position.upstream.into(),
-                        position.notification_id.into(),
-                    ],
-                )
-                .map(|rows| !rows.is_empty())
-        })
-    })?;
-    Ok(advanced)
+    let arguments = [
+        position.follower.into_datum(),
+        position.upstream.into_datum(),
+        position.notification_id.into_datum(),
+    ];
+    // The transaction's own snapshot: under REPEATABLE READ and SERIALIZABLE a position moved
+    // by a transaction this one does not see is a conflict, not something to build on.
+    error::reword_serialization_failure(conflict, || {
+        statements::execute(
+            &statements::ADVANCE_POSITION,
+            &arguments,
+            Snapshot::Current,
+            |_| (),
+        )
+        .map(|(advanced, _)| advanced > 0)
+    })
+}
+
+/// A follower cannot record a position its readers could not have read yet: above the
+/// horizon of an upstream whose ids are still in flight.
+fn check_readable(position: &Position) -> Result<()> {
+    let Some(upstream) = registry::find(position.upstream, Snapshot::Latest)? else {
+        return Ok(());
+    };
+    let entry = match shared::shared() {
+        Some(shared) => shared.find(access::events_relation()?, upstream.id),
+        None => None,
+    };
+    let horizon = match entry {
+        Some(entry) if entry.is_ready() => entry.horizon(),
+        // Not yet used since the server started: everything committed is settled.
+        _ if upstream.mode == Mode::Concurrent => Some(ids::head(position.upstream)?.unwrap_or(0)),
+        _ => None,
+    };
+    match horizon {
+        Some(horizon) if position.notification_id > horizon => {
+            Err(Error::InvalidArgument(format!(
+                "notification {} of \"{}\" is above its horizon {horizon}: no reader can have \
+                 processed it yet",
+                position.notification_id, position.upstream
+            )))
+        }
+        _ => Ok(()),
+    }
 }
 
 /// Records that follower `application_name` has processed notification `notification_id` of
 /// `upstream_application_name`. True when the position advanced, false when it was already at
 /// or past it.
-#[pg_extern(volatile, parallel_unsafe, security_definer)]
+#[pg_extern(volatile, parallel_unsafe)]
 #[search_path(pg_catalog, pg_temp)]
 fn record_tracking(
     application_name: Option<&str>,
     upstream_application_name: Option<&str>,
     notification_id: Option<i64>,
-) -> bool {
-    let run = || -> Result<bool> {
-        let follower = input::name(application_name, "application_name")?;
-        let position = Position::new(
-            follower,
-            upstream_application_name,
-            notification_id,
-            "upstream_application_name",
-            "notification_id",
-        )?;
+) -> Result<bool, ErrorReport> {
+    let follower = input::name(application_name, "application_name")?;
+    let position = Position::new(
+        follower,
+        upstream_application_name,
+        notification_id,
+        "upstream_application_name",
+        "notification_id",
+    )?;
+    let caller = access::caller();
+    let _owner = access::as_owner("biomero.record_tracking")?;
+    Ok(statements::connected(|| {
+        let registered = registry::register(follower)?;
+        caller.authorize(&registered, follower, Action::RecordPosition)?;
         advance(&position)
+    })?)
+}
+
+/// The pair's position as `snapshot` sees it.
+fn position(follower: &str, upstream: &str, snapshot: Snapshot) -> Result<Option<i64>> {
+    Ok(statements::first(
+        &statements::POSITION,
+        &[follower.into_datum(), upstream.into_datum()],
+        snapshot,
+        |row| row.get::<i64>(1),
+    )?
+    .flatten())
+}
+
+fn uses_transaction_snapshot() -> bool {
+    // SAFETY: reads the transaction's isolation level.
+    unsafe { pg_sys::XactIsoLevel >= pg_sys::XACT_REPEATABLE_READ as i32 }
+}
+
+/// Takes the claim of (follower, upstream) and returns the position its last holder
+/// committed, registering both names. Without `wait`, a name another transaction is using for
+/// the first time (and so registering) counts as taken, like the claim itself.
+fn take_claim(follower: &str, upstream: &str, wait: bool) -> Result<Option<i64>> {
+    let (follower_id, upstream_id) = if wait {
+        (
+            registry::register(follower)?.id,
+            registry::register(upstream)?.id,
+        )
+    } else {
+        match (
+            registry::register_unless_busy(follower)?,
+            registry::register_unless_busy(upstream)?,
+        ) {
+            (Some(follower), Some(upstream)) => (follower.id, upstream.id),
+            _ => return Ok(None),
+        }
     };
-    run().unwrap_or_else(|error| error.raise())
+    let taken = locks::acquire(LockKind::Claim, follower_id, upstream_id, wait, || {
+        format!("the claim of follower \"{follower}\" on upstream \"{upstream}\"")
+    })?;
+    if !taken {
+        return Ok(None);
+    }
+    // The latest committed position: a processor that waited sees what the previous holder
+    // recorded. A transaction whose snapshot does not see that position (REPEATABLE READ or
+    // SERIALIZABLE, begun earlier) must not process from the older one it sees.
+    let latest = position(follower, upstream, Snapshot::Latest)?;
+    if uses_transaction_snapshot() && position(follower, upstream, Snapshot::Current)? != latest {
+        return Err(Error::SerializationFailure(format!(
+            "the position of follower \"{follower}\" on upstream \"{upstream}\" was recorded \
+             after this transaction's snapshot was taken"
+        )));
+    }
+    Ok(Some(latest.unwrap_or(0)))
 }
 
 /// Claims the (follower, upstream) pair until the end of the transaction and returns its last
 /// processed notification id (0 when none). With `wait => false` it returns NULL at once when
 /// another transaction holds the claim.
-#[pg_extern(volatile, parallel_unsafe, security_definer)]
+#[pg_extern(volatile, parallel_unsafe)]
 #[search_path(pg_catalog, pg_temp)]
 fn claim(
     application_name: Option<&str>,
     upstream_application_name: Option<&str>,
     wait: default!(Option<bool>, true),
-) -> Option<i64> {
-    let run = || -> Result<Option<i64>> {
-        let follower = input::name(application_name, "application_name")?;
-        let upstream = input::name(upstream_application_name, "upstream_application_name")?;
-        let wait = input::required(wait, "wait")?;
-        if !locks::acquire(LockKind::Claim, &[follower, upstream], wait)? {
-            return Ok(None);
+) -> Result<Option<i64>, ErrorReport> {
+    let follower = input::name(application_name, "application_name")?;
+    let upstream = input::name(upstream_application_name, "upstream_application_name")?;
+    let wait = input::required(wait, "wait")?;
+    let caller = access::caller();
+    let _owner = access::as_owner("biomero.claim")?;
+    Ok(statements::connected(|| {
+        if let Some(registered) = registry::find(follower, Snapshot::Latest)? {
+            caller.authorize(&registered, follower, Action::Claim)?;
         }
-        // A fresh snapshot (`update`) so that a processor that waited sees the position the
-        // previous holder committed. Under REPEATABLE READ and SERIALIZABLE the row lock makes
-        // a position committed after the transaction's snapshot a serialization failure now,
-        // before the caller processes anything twice.
-        let conflict = || {
-            format!(
-                "the position of follower \"{follower}\" on upstream \"{upstream}\" was \
-                 recorded after this transaction's snapshot was taken"
-            )
-        };
-        let position = error::reword_serialization_failure(conflict, || {
-            Spi::connect_mut(|client| {
-                client
-                    .update(
-                        "SELECT notification_id FROM biomero.tracking \
-                     WHERE application_name = $1 AND upstream_application_name = $2 \
-                     FOR NO KEY UPDATE",
-                        None,
-                        &[follower.into(), upstream.into()],
-                    )?
-                    .next()
-                    .map_or(Ok(None), |row| row.get::<i64>(1))
-            })
-        })?;
-        Ok(Some(position.unwrap_or(0)))
-    };
-    run().unwrap_or_else(|error| error.raise())
+        take_claim(follower, upstream, wait)
+    })?)
+}
+
+/// An administrator's correction: sets the follower's position to `notification_id`, back
+/// as well as forward (0 forgets it), after waiting for the follower's current processor to
+/// finish, and returns the position it replaced (NULL when none).
+#[pg_extern(volatile, parallel_unsafe)]
+#[search_path(pg_catalog, pg_temp)]
+fn reset_position(
+    application_name: Option<&str>,
+    upstream_application_name: Option<&str>,
+    notification_id: Option<i64>,
+) -> Result<Option<i64>, ErrorReport> {
+    let follower = input::name(application_name, "application_name")?;
+    let upstream = input::name(upstream_application_name, "upstream_application_name")?;
+    let notification_id = input::at_least(
+        input::required(notification_id, "notification_id")?,
+        0,
+        "notification_id",
+    )?;
+    let _owner = access::as_owner("biomero.reset_position")?;
+    Ok(statements::connected(|| {
+        let previous = take_claim(follower, upstream, true)?.filter(|&position| position > 0);
+        let arguments = [follower.into_datum(), upstream.into_datum()];
+        if notification_id == 0 {
+            statements::execute(
+                &statements::FORGET_POSITION,
+                &arguments,
+                Snapshot::Latest,
+                |_| (),
+            )?;
+        } else {
+            let arguments = [arguments[0], arguments[1], notification_id.into_datum()];
+            statements::execute(
+                &statements::SET_POSITION,
+                &arguments,
+                Snapshot::Latest,
+                |_| (),
+            )?;
+        }
+        Ok(previous)
+    })?)
 }

@@ -1,0 +1,883 @@
+//! Shared memory for concurrent appends; present only when the library is in
+//! `shared_preload_libraries`.
+//!
+//! Per application (keyed by database, the installation's events table and the registry id) an
+//! [`Entry`] holds the live append mode, the next id of concurrent mode, how many transactions
+//! hold ids not yet committed, and the recent commits of such transactions. Per backend a few
+//! [`Slot`]s hold, for each application the current transaction appends to concurrently, the
+//! lowest id it took (and its transaction id and start, for the operator view).
+//!
+//! The horizon of an application is the highest id below every id still in flight. A reader
+//! must return nothing its snapshot cannot prove settled: [`EntryRef::readable_bound`] takes
+//! the horizon as of now and lowers it below any id committed by a transaction the reader's
+//! snapshot still sees as running (from the recent commits, exactly for the last
+//! [`RECENT`] and conservatively for older ones). So a reader that has seen id N never later
+//! finds a new id <= N, whatever its isolation level, and no unrelated transaction holds it back.
+//!
+//! Ordering (all atomics SeqCst): a writer assigns its transaction id, counts itself in
+//! `in_flight`, checks the mode, publishes its slot with `lowest` = the counter, then takes ids
+//! from the counter. At commit (after the commit is visible, before its locks are released) it
+//! records the commit among the recent ones, then clears its slot and uncounts itself. A
+//! reader reads mode, counter, `in_flight`, the slots and then the recent commits. Any id taken
+//! after the reader's slot scan is above every id the reader's snapshot holds.
+
+use crate::error::{Error, Result};
+use crate::registry::Mode;
+use pgrx::pg_sys::{self, Oid};
+use pgrx::{GucContext, GucFlags, GucRegistry, GucSetting};
+use std::cell::Cell;
+use std::sync::atomic::{
+    AtomicI32, AtomicI64, AtomicPtr, AtomicU32, AtomicU64, AtomicUsize, Ordering::SeqCst,
+};
+
+/// Applications a transaction can append to concurrently at once.
+pub const SLOTS_PER_BACKEND: usize = 8;
+/// Commits remembered exactly per application.
+const RECENT: usize = 64;
+/// Older commits are folded into summaries of this many.
+const SUMMARY_SPAN: u32 = 64;
+const SUMMARIES: usize = 16;
+/// Databases with a horizon publisher at once.
+pub const PUBLISHERS: usize = 64;
+/// Mode changes one transaction can make.
+const PENDING: usize = 4;
+
+const FREE: u32 = 0;
+const NEW: u32 = 1;
+const READY: u32 = 2;
+
+const SERIALIZED: u32 = 0;
+const CONCURRENT: u32 = 1;
+
+/// `biomero.max_applications`: applications shared memory has room for.
+pub static MAX_APPLICATIONS: GucSetting<i32> = GucSetting::<i32>::new(1024);
+
+pub fn register_settings() {
+    GucRegistry::define_int_guc(
+        c"biomero.max_applications",
+        c"Applications (across all databases) biomero_tracking keeps append state for in shared memory.",
+        c"Each application appended to in concurrent mode, or switched between modes, takes one entry until the server restarts.",
+        &MAX_APPLICATIONS,
+        16,
+        1 << 20,
+        GucContext::Postmaster,
+        GucFlags::default(),
+    );
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Default)]
+struct Commit {
+    xid: u64,
+    lowest: i64,
+}
+
+/// Commits folded together: any snapshot that may see one of them as running is held below
+/// the lowest id of all of them.
+#[repr(C)]
+#[derive(Clone, Copy, Default)]
+struct Summary {
+    min_xid: u64,
+    max_xid: u64,
+    min_lowest: i64,
+    count: u32,
+}
+
+impl Summary {
+    fn add(&mut self, xid: u64, lowest: i64) {
+        if self.count == 0 {
+            *self = Summary {
+                min_xid: xid,
+                max_xid: xid,
+                min_lowest: lowest,
+                count: 1,
+            };
+        } else {
+            self.min_xid = self.min_xid.min(xid);
+            self.max_xid = self.max_xid.max(xid);
+            self.min_lowest = self.min_lowest.min(lowest);
+            self.count += 1;
+        }
+    }
+
+    fn merge(&mut self, other: &Summary) {
+        if other.count == 0 {
+            return;
+        }
+        if self.count == 0 {
+            *self = *other;
+        } else {
+            self.min_xid = self.min_xid.min(other.min_xid);
+            self.max_xid = self.max_xid.max(other.max_xid);
+            self.min_lowest = self.min_lowest.min(other.min_lowest);
+            self.count += other.count;
+        }
+    }
+}
+
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct Commits {
+    recent: [Commit; RECENT],
+    recent_len: u32,
+    recent_next: u32,
+    folding: Summary,
+    summaries: [Summary; SUMMARIES],
+    summaries_len: u32,
+    summaries_next: u32,
+    ancient: Summary,
+}
+
+impl Commits {
+    fn push(&mut self, commit: Commit) {
+        let at = self.recent_next as usize;
+        if (self.recent_len as usize) == RECENT {
+            let evicted = self.recent[at];
+            self.folding.add(evicted.xid, evicted.lowest);
+            if self.folding.count == SUMMARY_SPAN {
+                let at = self.summaries_next as usize;
+                if (self.summaries_len as usize) == SUMMARIES {
+                    let oldest = self.summaries[at];
+                    self.ancient.merge(&oldest);
+                } else {
+                    self.summaries_len += 1;
+                }
+                self.summaries[at] = self.folding;
+                self.summaries_next = ((at + 1) % SUMMARIES) as u32;
+                self.folding = Summary::default();
+            }
+        } else {
+            self.recent_len += 1;
+        }
+        self.recent[at] = commit;
+        self.recent_next = ((at + 1) % RECENT) as u32;
+    }
+}
+
+#[repr(C)]
+pub struct Entry {
+    database: AtomicU32,
+    relation: AtomicU32,
+    application: AtomicI32,
+    state: AtomicU32,
+    mode: AtomicU32,
+    /// The next id of concurrent mode.
+    counter: AtomicI64,
+    in_flight: AtomicU32,
+    commits_lock: pg_sys::slock_t,
+    commits: Commits,
+}
+
+#[repr(C)]
+pub struct Slot {
+    entry: AtomicI32,
+    xid: AtomicU64,
+    lowest: AtomicI64,
+    started: AtomicI64,
+    pid: AtomicI32,
+}
+
+/// The horizon publisher of one database (see `worker.rs`).
+#[repr(C)]
+pub struct Publisher {
+    pub database: AtomicU32,
+    pub pid: AtomicI32,
+    pub latch: AtomicUsize,
+    /// When a start was last requested (0: not pending), in PostgreSQL timestamp microseconds.
+    pub requested_at: AtomicI64,
+}
+
+#[repr(C)]
+struct Header {
+    capacity: u32,
+    backends: u32,
+    lock: *mut pg_sys::LWLock,
+}
+
+struct Layout {
+    entries: usize,
+    slots: usize,
+    publishers: usize,
+    size: usize,
+}
+
+fn align(offset: usize) -> usize {
+    (offset + 63) & !63
+}
+
+fn layout(capacity: usize, backends: usize) -> Layout {
+    let entries = align(std::mem::size_of::<Header>());
+    let slots = align(entries + capacity * std::mem::size_of::<Entry>());
+    let publishers = align(slots + backends * SLOTS_PER_BACKEND * std::mem::size_of::<Slot>());
+    let size = align(publishers + PUBLISHERS * std::mem::size_of::<Publisher>());
+    Layout {
+        entries,
+        slots,
+        publishers,
+        size,
+    }
+}
+
+/// The segment's base, set by the startup hook (in the postmaster, inherited by every backend;
+/// set again after a crash restart).
+static BASE: AtomicPtr<u8> = AtomicPtr::new(std::ptr::null_mut());
+const SEGMENT: &std::ffi::CStr = c"biomero_tracking";
+
+static mut PREVIOUS_REQUEST_HOOK: pg_sys::shmem_request_hook_type = None;
+static mut PREVIOUS_STARTUP_HOOK: pg_sys::shmem_startup_hook_type = None;
+
+/// Called from `_PG_init` while shared_preload_libraries is processed.
+pub fn install_hooks() {
+    // SAFETY: _PG_init runs single-threaded in the postmaster.
+    unsafe {
+        PREVIOUS_REQUEST_HOOK = pg_sys::shmem_request_hook;
+        pg_sys::shmem_request_hook = Some(request);
+        PREVIOUS_STARTUP_HOOK = pg_sys::shmem_startup_hook;
+        pg_sys::shmem_startup_hook = Some(startup);
+        pg_sys::RegisterXactCallback(Some(on_transaction_end), std::ptr::null_mut());
+    }
+}
+
+fn sizes() -> (usize, usize) {
+    // SAFETY: MaxBackends is final when shared memory is requested.
+    let backends = unsafe { pg_sys::MaxBackends } as usize;
+    (MAX_APPLICATIONS.get() as usize, backends)
+}
+
+#[pgrx::pg_guard]
+unsafe extern "C-unwind" fn request() {
+    unsafe {
+        if let Some(previous) = PREVIOUS_REQUEST_HOOK {
+            previous();
+        }
+        let (capacity, backends) = sizes();
+        pg_sys::RequestAddinShmemSpace(layout(capacity, backends).size);
+        pg_sys::RequestNamedLWLockTranche(SEGMENT.as_ptr(), 1);
+    }
+}
+
+#[pgrx::pg_guard]
+unsafe extern "C-unwind" fn startup() {
+    unsafe {
+        if let Some(previous) = PREVIOUS_STARTUP_HOOK {
+            previous();
+        }
+        let (capacity, backends) = sizes();
+        let layout = layout(capacity, backends);
+        // AddinShmemInitLock, number 21 of the main array in every supported major.
+        let init_lock = &raw mut (*pg_sys::MainLWLockArray.add(21)).lock;
+        pg_sys::LWLockAcquire(init_lock, pg_sys::LWLockMode::LW_EXCLUSIVE);
+        let mut found = false;
+        let base = pg_sys::ShmemInitStruct(SEGMENT.as_ptr(), layout.size, &mut found).cast::<u8>();
+        if !found {
+            std::ptr::write_bytes(base, 0, layout.size);
+            let header = base.cast::<Header>();
+            (*header).capacity = capacity as u32;
+            (*header).backends = backends as u32;
+            (*header).lock = &raw mut (*pg_sys::GetNamedLWLockTranche(SEGMENT.as_ptr())).lock;
+            let entries = base.add(layout.entries).cast::<Entry>();
+            for index in 0..capacity {
+                pg_sys::SpinLockInit(&raw mut (*entries.add(index)).commits_lock);
+            }
+            let slots = base.add(layout.slots).cast::<Slot>();
+            for index in 0..backends * SLOTS_PER_BACKEND {
+                (*slots.add(index)).entry.store(-1, SeqCst);
+            }
+        }
+        pg_sys::LWLockRelease(init_lock);
+        BASE.store(base, SeqCst);
+    }
+}
+
+/// The shared state, when the library was preloaded.
+#[derive(Clone, Copy)]
+pub struct Shared {
+    base: *mut u8,
+    capacity: usize,
+    backends: usize,
+    layout_entries: usize,
+    layout_slots: usize,
+    layout_publishers: usize,
+    lock: *mut pg_sys::LWLock,
+}
+
+pub fn shared() -> Option<Shared> {
+    let base = BASE.load(SeqCst);
+    if base.is_null() {
+        return None;
+    }
+    // SAFETY: the header was written by the startup hook before BASE was set.
+    let header = unsafe { &*base.cast::<Header>() };
+    let layout = layout(header.capacity as usize, header.backends as usize);
+    Some(Shared {
+        base,
+        capacity: header.capacity as usize,
+        backends: header.backends as usize,
+        layout_entries: layout.entries,
+        layout_slots: layout.slots,
+        layout_publishers: layout.publishers,
+        lock: header.lock,
+    })
+}
+
+/// This backend's index among MaxBackends.
+fn my_backend() -> usize {
+    #[cfg(any(feature = "pg15", feature = "pg16"))]
+    // SAFETY: set at backend start.
+    return (unsafe { pg_sys::MyBackendId } - 1) as usize;
+    #[cfg(any(feature = "pg17", feature = "pg18"))]
+    // SAFETY: set at backend start.
+    return unsafe { pg_sys::MyProcNumber } as usize;
+}
+
+fn database() -> u32 {
+    // SAFETY: set at backend start.
+    unsafe { pg_sys::MyDatabaseId }.to_u32()
+}
+
+impl Shared {
+    fn entry(&self, index: usize) -> &'static Entry {
+        debug_assert!(index < self.capacity);
+        // SAFETY: index < capacity within the segment, which lives as long as the process.
+        unsafe {
+            &*self
+                .base
+                .add(self.layout_entries)
+                .cast::<Entry>()
+                .add(index)
+        }
+    }
+
+    fn entry_mut(&self, index: usize) -> *mut Entry {
+        // SAFETY: as `entry`; callers hold the entry's spinlock for the fields they touch.
+        unsafe {
+            self.base
+                .add(self.layout_entries)
+                .cast::<Entry>()
+                .add(index)
+        }
+    }
+
+    fn slots(&self) -> &'static [Slot] {
+        // SAFETY: backends * SLOTS_PER_BACKEND slots follow the entries.
+        unsafe {
+            std::slice::from_raw_parts(
+                self.base.add(self.layout_slots).cast::<Slot>(),
+                self.backends * SLOTS_PER_BACKEND,
+            )
+        }
+    }
+
+    fn my_slots(&self) -> Result<&'static [Slot]> {
+        let backend = my_backend();
+        if backend >= self.backends {
+            return Err(Error::Internal(format!(
+                "backend number {backend} out of range"
+            )));
+        }
+        Ok(&self.slots()[backend * SLOTS_PER_BACKEND..(backend + 1) * SLOTS_PER_BACKEND])
+    }
+
+    pub fn publishers(&self) -> &'static [Publisher] {
+        // SAFETY: PUBLISHERS publishers follow the slots.
+        unsafe {
+            std::slice::from_raw_parts(
+                self.base.add(self.layout_publishers).cast::<Publisher>(),
+                PUBLISHERS,
+            )
+        }
+    }
+
+    pub fn lock(&self) -> SharedLock {
+        // SAFETY: the tranche's lock, held until the guard drops (or released at abort).
+        unsafe { pg_sys::LWLockAcquire(self.lock, pg_sys::LWLockMode::LW_EXCLUSIVE) };
+        SharedLock(self.lock)
+    }
+
+    fn home(&self, relation: Oid, application: i32) -> usize {
+        let key = (u64::from(database()) << 32 ^ u64::from(relation.to_u32()))
+            ^ (application as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+        (key.wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 17) as usize % self.capacity
+    }
+
+    /// The entry of `application` in this database's installation `relation`, if any.
+    pub fn find(&self, relation: Oid, application: i32) -> Option<EntryRef> {
+        let home = self.home(relation, application);
+        for step in 0..self.capacity {
+            let index = (home + step) % self.capacity;
+            let entry = self.entry(index);
+            match entry.state.load(SeqCst) {
+                FREE => return None,
+                _ if entry.database.load(SeqCst) == database()
+                    && entry.relation.load(SeqCst) == relation.to_u32()
+                    && entry.application.load(SeqCst) == application =>
+                {
+                    return Some(EntryRef {
+                        shared: *self,
+                        index,
+                    });
+                }
+                _ => {}
+            }
+        }
+        None
+    }
+
+    /// The entry, created (not yet initialized) when missing.
+    pub fn find_or_create(&self, relation: Oid, application: i32) -> Result<EntryRef> {
+        if let Some(entry) = self.find(relation, application) {
+            return Ok(entry);
+        }
+        let _lock = self.lock();
+        if let Some(entry) = self.find(relation, application) {
+            return Ok(entry);
+        }
+        let home = self.home(relation, application);
+        for step in 0..self.capacity {
+            let index = (home + step) % self.capacity;
+            let entry = self.entry(index);
+            if entry.state.load(SeqCst) == FREE {
+                entry.database.store(database(), SeqCst);
+                entry.relation.store(relation.to_u32(), SeqCst);
+                entry.application.store(application, SeqCst);
+                entry.mode.store(SERIALIZED, SeqCst);
+                entry.state.store(NEW, SeqCst);
+                return Ok(EntryRef {
+                    shared: *self,
+                    index,
+                });
+            }
+        }
+        Err(Error::CapacityExceeded(format!(
+            "biomero.max_applications ({}) applications already have append state in shared \
+             memory; raise it and restart the server",
+            self.capacity
+        )))
+    }
+
+    /// Every entry of this database's installation `relation` that is initialized.
+    pub fn entries_of(&self, relation: Oid) -> Vec<EntryRef> {
+        (0..self.capacity)
+            .filter(|&index| {
+                let entry = self.entry(index);
+                entry.state.load(SeqCst) == READY
+                    && entry.database.load(SeqCst) == database()
+                    && entry.relation.load(SeqCst) == relation.to_u32()
+            })
+            .map(|index| EntryRef {
+                shared: *self,
+                index,
+            })
+            .collect()
+    }
+
+    /// Every registration of this database's installation `relation`: (application id, pid,
+    /// transaction start, lowest id).
+    pub fn registrations(&self, relation: Oid) -> Vec<(i32, i32, i64, i64)> {
+        let mut found = Vec::new();
+        for slot in self.slots() {
+            let index = slot.entry.load(SeqCst);
+            if index < 0 {
+                continue;
+            }
+            let entry = self.entry(index as usize);
+            let row = (
+                entry.application.load(SeqCst),
+                slot.pid.load(SeqCst),
+                slot.started.load(SeqCst),
+                slot.lowest.load(SeqCst),
+            );
+            if slot.entry.load(SeqCst) == index
+                && entry.database.load(SeqCst) == database()
+                && entry.relation.load(SeqCst) == relation.to_u32()
+            {
+                found.push(row);
+            }
+        }
+        found
+    }
+}
+
+pub struct SharedLock(*mut pg_sys::LWLock);
+
+impl Drop for SharedLock {
+    fn drop(&mut self) {
+        // SAFETY: acquired in Shared::lock.
+        unsafe { pg_sys::LWLockRelease(self.0) };
+    }
+}
+
+/// An application's entry.
+#[derive(Clone, Copy)]
+pub struct EntryRef {
+    shared: Shared,
+    index: usize,
+}
+
+/// What [`EntryRef::register`] found.
+pub enum Registration {
+    /// This transaction holds ids of the application: take more from the counter.
+    Concurrent,
+    /// The application is serialized (again): append the serialized way.
+    Serialized,
+}
+
+impl EntryRef {
+    fn entry(&self) -> &'static Entry {
+        self.shared.entry(self.index)
+    }
+
+    pub fn application(&self) -> i32 {
+        self.entry().application.load(SeqCst)
+    }
+
+    pub fn is_ready(&self) -> bool {
+        self.entry().state.load(SeqCst) == READY
+    }
+
+    /// Sets the mode and next id from the committed state. The caller holds the append lock,
+    /// so no serialized append or mode change is in progress, and no concurrent one has begun.
+    pub fn initialize(&self, mode: Mode, next: i64) {
+        let entry = self.entry();
+        entry.counter.fetch_max(next, SeqCst);
+        entry.mode.store(mode_code(mode), SeqCst);
+        entry.state.store(READY, SeqCst);
+    }
+
+    pub fn mode(&self) -> Mode {
+        match self.entry().mode.load(SeqCst) {
+            CONCURRENT => Mode::Concurrent,
+            _ => Mode::Serialized,
+        }
+    }
+
+    fn my_slot(&self) -> Result<Option<&'static Slot>> {
+        Ok(self
+            .shared
+            .my_slots()?
+            .iter()
+            .find(|slot| slot.entry.load(SeqCst) == self.index as i32))
+    }
+
+    /// Whether the current transaction holds ids of this application taken concurrently.
+    pub fn held_here(&self) -> Result<bool> {
+        Ok(self.my_slot()?.is_some())
+    }
+
+    /// Registers the current transaction as holding ids of this application, unless the
+    /// application is serialized; already registered transactions stay concurrent.
+    pub fn register(&self) -> Result<Registration> {
+        if self.held_here()? {
+            return Ok(Registration::Concurrent);
+        }
+        let entry = self.entry();
+        let Some(slot) = self
+            .shared
+            .my_slots()?
+            .iter()
+            .find(|slot| slot.entry.load(SeqCst) < 0)
+        else {
+            return Err(Error::CapacityExceeded(format!(
+                "a transaction can append to at most {SLOTS_PER_BACKEND} applications in \
+                 concurrent mode"
+            )));
+        };
+        // SAFETY: assigns the top-level transaction id (writes are never parallel).
+        let (xid, started) = unsafe {
+            (
+                pg_sys::GetTopFullTransactionId().value,
+                pg_sys::GetCurrentTransactionStartTimestamp(),
+            )
+        };
+        entry.in_flight.fetch_add(1, SeqCst);
+        if entry.mode.load(SeqCst) != CONCURRENT {
+            entry.in_flight.fetch_sub(1, SeqCst);
+            return Ok(Registration::Serialized);
+        }
+        slot.xid.store(xid, SeqCst);
+        slot.started.store(started, SeqCst);
+        // SAFETY: MyProcPid is set at backend start.
+        slot.pid.store(unsafe { pg_sys::MyProcPid }, SeqCst);
+        slot.lowest.store(entry.counter.load(SeqCst), SeqCst);
+        slot.entry.store(self.index as i32, SeqCst);
+        Ok(Registration::Concurrent)
+    }
+
+    /// Takes `count` consecutive ids from the counter; None when they would exceed bigint.
+    pub fn take(&self, count: i64) -> Option<i64> {
+        let counter = &self.entry().counter;
+        let mut first = counter.load(SeqCst);
+        loop {
+            let next = first.checked_add(count)?;
+            match counter.compare_exchange(first, next, SeqCst, SeqCst) {
+                Ok(_) => return Some(first),
+                Err(current) => first = current,
+            }
+        }
+    }
+
+    /// Transaction ids of the transactions holding ids of this application, and whether some
+    /// are still registering (counted but no slot published yet).
+    pub fn holders(&self) -> (Vec<u64>, bool) {
+        let entry = self.entry();
+        let counted = entry.in_flight.load(SeqCst);
+        let xids: Vec<u64> = self
+            .shared
+            .slots()
+            .iter()
+            .filter(|slot| slot.entry.load(SeqCst) == self.index as i32)
+            .map(|slot| slot.xid.load(SeqCst))
+            .collect();
+        let registering = counted as usize > xids.len();
+        (xids, registering)
+    }
+
+    pub fn in_flight(&self) -> bool {
+        self.entry().in_flight.load(SeqCst) > 0
+    }
+
+    /// The lowest id still in flight and, in concurrent mode, the next id: the horizon is one
+    /// below. None when nothing bounds reading (serialized, nothing in flight).
+    fn unsettled_from(&self) -> Option<i64> {
+        let entry = self.entry();
+        let mut from = (entry.mode.load(SeqCst) == CONCURRENT).then(|| entry.counter.load(SeqCst));
+        if entry.in_flight.load(SeqCst) > 0 {
+            for slot in self.shared.slots() {
+                if slot.entry.load(SeqCst) != self.index as i32 {
+                    continue;
+                }
+                let lowest = slot.lowest.load(SeqCst);
+                if slot.entry.load(SeqCst) == self.index as i32 {
+                    from = Some(from.map_or(lowest, |from| from.min(lowest)));
+                }
+            }
+        }
+        from
+    }
+
+    /// The horizon now: the highest id below every id in flight (None: nothing bounds it).
+    pub fn horizon(&self) -> Option<i64> {
+        self.unsettled_from().map(|from| from - 1)
+    }
+
+    /// The highest id a reader with `snapshot` may return (None: no bound): the horizon,
+    /// lowered below every id of a commit that `snapshot` does not see.
+    pub fn readable_bound(&self, snapshot: pg_sys::Snapshot) -> Option<i64> {
+        let mut from = self.unsettled_from();
+        let commits = {
+            let entry = self.shared.entry_mut(self.index);
+            // SAFETY: the spinlock guards `commits`; the copy is a plain memcpy.
+            unsafe {
+                pg_sys::SpinLockAcquire(&raw mut (*entry).commits_lock);
+                let copy = (*entry).commits;
+                pg_sys::SpinLockRelease(&raw mut (*entry).commits_lock);
+                copy
+            }
+        };
+        let mut lower = |lowest: i64| from = Some(from.map_or(lowest, |from| from.min(lowest)));
+        let view = SnapshotView::new(snapshot);
+        for commit in &commits.recent[..commits.recent_len as usize] {
+            if view.sees_running(commit.xid) {
+                lower(commit.lowest);
+            }
+        }
+        let summaries = commits.summaries[..commits.summaries_len as usize]
+            .iter()
+            .chain([&commits.folding, &commits.ancient]);
+        for summary in summaries {
+            if summary.count > 0 && view.may_see_running(summary) {
+                lower(summary.min_lowest);
+            }
+        }
+        from.map(|from| from - 1)
+    }
+}
+
+fn mode_code(mode: Mode) -> u32 {
+    match mode {
+        Mode::Serialized => SERIALIZED,
+        Mode::Concurrent => CONCURRENT,
+    }
+}
+
+/// A snapshot's running transactions, as 64-bit transaction ids.
+struct SnapshotView {
+    snapshot: pg_sys::Snapshot,
+    xmin: u64,
+    xmax: u64,
+    running: Vec<u64>,
+}
+
+impl SnapshotView {
+    fn new(snapshot: pg_sys::Snapshot) -> Self {
+        // SAFETY: the caller's active snapshot, valid during the call.
+        unsafe {
+            let next = pg_sys::ReadNextFullTransactionId().value;
+            let widen = |xid: pg_sys::TransactionId| {
+                next - u64::from((next as u32).wrapping_sub(xid.into_inner()))
+            };
+            let data = &*snapshot;
+            let running = (0..data.xcnt as usize)
+                .map(|index| widen(*data.xip.add(index)))
+                .collect();
+            SnapshotView {
+                snapshot,
+                xmin: widen(data.xmin),
+                xmax: widen(data.xmax),
+                running,
+            }
+        }
+    }
+
+    /// Whether the snapshot sees the (committed) transaction `xid` as still running.
+    fn sees_running(&self, xid: u64) -> bool {
+        if xid < self.xmin {
+            return false;
+        }
+        // SAFETY: a recent transaction id and a valid snapshot.
+        unsafe { pg_sys::XidInMVCCSnapshot(pg_sys::TransactionId::from(xid as u32), self.snapshot) }
+    }
+
+    /// Whether the snapshot may see one of the summarized transactions as running.
+    fn may_see_running(&self, summary: &Summary) -> bool {
+        summary.max_xid >= self.xmax
+            || self
+                .running
+                .iter()
+                .any(|&xid| summary.min_xid <= xid && xid <= summary.max_xid)
+    }
+}
+
+#[derive(Clone, Copy)]
+struct Pending {
+    entry: i32,
+    mode: u32,
+    next: i64,
+}
+
+thread_local! {
+    /// Mode changes of the current transaction, applied at its commit.
+    static PENDING_CHANGES: Cell<[Pending; PENDING]> =
+        const { Cell::new([Pending { entry: -1, mode: 0, next: 0 }; PENDING]) };
+}
+
+/// Makes `entry` switch to `mode` when the current transaction commits, with the counter at
+/// least `next`. The caller holds the append lock until then.
+pub fn switch_at_commit(entry: &EntryRef, mode: Mode, next: i64) -> Result<()> {
+    let mut pending = PENDING_CHANGES.with(Cell::get);
+    let at = pending
+        .iter()
+        .position(|change| change.entry == entry.index as i32 || change.entry < 0)
+        .ok_or_else(|| {
+            Error::CapacityExceeded(format!(
+                "a transaction can change the append mode of at most {PENDING} applications"
+            ))
+        })?;
+    pending[at] = Pending {
+        entry: entry.index as i32,
+        mode: mode_code(mode),
+        next,
+    };
+    PENDING_CHANGES.with(|cell| cell.set(pending));
+    Ok(())
+}
+
+/// Wakes the horizon publisher of this database, if it runs.
+pub fn wake_publisher(shared: &Shared) {
+    let database = database();
+    for publisher in shared.publishers() {
+        if publisher.database.load(SeqCst) == database {
+            let latch = publisher.latch.load(SeqCst);
+            if latch != 0 {
+                // SAFETY: the latch of a PGPROC in shared memory; setting a latch its owner no
+                // longer waits on is harmless.
+                unsafe { pg_sys::SetLatch(latch as *mut pg_sys::Latch) };
+            }
+        }
+    }
+}
+
+/// At the end of every transaction: a committed transaction's concurrent appends become
+/// recent commits and its registrations go; an aborted one's registrations go. Runs after the
+/// commit is visible to new snapshots and before locks are released, and must not fail.
+#[pgrx::pg_guard]
+unsafe extern "C-unwind" fn on_transaction_end(
+    event: pg_sys::XactEvent::Type,
+    _argument: *mut std::ffi::c_void,
+) {
+    let Some(shared) = shared() else {
+        return;
+    };
+    match event {
+        pg_sys::XactEvent::XACT_EVENT_COMMIT => finish(&shared, true),
+        pg_sys::XactEvent::XACT_EVENT_ABORT => finish(&shared, false),
+        pg_sys::XactEvent::XACT_EVENT_PRE_PREPARE => {
+            let holds = shared
+                .my_slots()
+                .map(|slots| slots.iter().any(|slot| slot.entry.load(SeqCst) >= 0))
+                .unwrap_or(false);
+            let changes = PENDING_CHANGES
+                .with(Cell::get)
+                .iter()
+                .any(|change| change.entry >= 0);
+            if holds || changes {
+                Error::NotSupported(
+                    "cannot PREPARE a transaction that appended in concurrent mode or changed an \
+                     append mode"
+                        .into(),
+                )
+                .raise();
+            }
+        }
+        _ => {}
+    }
+}
+
+fn finish(shared: &Shared, committed: bool) {
+    let mut touched = false;
+    if let Ok(slots) = shared.my_slots() {
+        for slot in slots {
+            let index = slot.entry.load(SeqCst);
+            if index < 0 {
+                continue;
+            }
+            let entry = shared.entry_mut(index as usize);
+            if committed {
+                let commit = Commit {
+                    xid: slot.xid.load(SeqCst),
+                    lowest: slot.lowest.load(SeqCst),
+                };
+                // SAFETY: the spinlock guards `commits`.
+                unsafe {
+                    pg_sys::SpinLockAcquire(&raw mut (*entry).commits_lock);
+                    (*entry).commits.push(commit);
+                    pg_sys::SpinLockRelease(&raw mut (*entry).commits_lock);
+                }
+            }
+            slot.entry.store(-1, SeqCst);
+            // SAFETY: in_flight is an atomic of the entry.
+            unsafe { (*entry).in_flight.fetch_sub(1, SeqCst) };
+            touched = true;
+        }
+    }
+    let pending = PENDING_CHANGES.with(|cell| {
+        cell.replace(
+            [Pending {
+                entry: -1,
+                mode: 0,
+                next: 0,
+            }; PENDING],
+        )
+    });
+    if committed {
+        for change in pending.iter().filter(|change| change.entry >= 0) {
+            let entry = shared.entry(change.entry as usize);
+            entry.counter.fetch_max(change.next, SeqCst);
+            entry.mode.store(change.mode, SeqCst);
+            touched = true;
+        }
+    }
+    if touched {
+        wake_publisher(shared);
+    }
+}
