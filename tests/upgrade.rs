@@ -1,5 +1,5 @@
-//! `ALTER EXTENSION biomero_tracking UPDATE` from the first release keeps the data, ends with
-//! the same objects as a fresh install, and keeps the guarantees.
+//! `ALTER EXTENSION biomero_tracking UPDATE` from every earlier release keeps the data, ends
+//! with the same objects as a fresh install, and keeps the guarantees.
 
 mod common;
 
@@ -7,20 +7,24 @@ use common::*;
 use postgres::error::SqlState;
 use postgres::Client;
 
-const FIRST_RELEASE: &str = "0.1.0";
+/// The earlier releases whose install scripts are kept in `sql/archive`.
+const EARLIER_RELEASES: [&str; 2] = ["0.1.0", "0.2.0"];
 
 /// Every object of schema biomero, described so that two databases can be compared.
 fn catalog(client: &mut Client) -> Vec<String> {
     let queries = [
-        "SELECT format('function %s returns %s definer=%s volatility=%s config=%s acl=%s body=%s', \
+        "SELECT format('function %s returns %s definer=%s volatility=%s strict=%s parallel=%s \
+             config=%s acl=%s body=%s comment=%s', \
              p.oid::regprocedure, pg_get_function_result(p.oid), p.prosecdef, p.provolatile, \
-             p.proconfig, p.proacl, md5(p.prosrc)) \
+             p.proisstrict, p.proparallel, p.proconfig, p.proacl, md5(p.prosrc), \
+             obj_description(p.oid, 'pg_proc')) \
          FROM pg_proc p WHERE p.pronamespace = 'biomero'::regnamespace",
         "SELECT format('relation %s kind=%s acl=%s', c.oid::regclass, c.relkind, c.relacl) \
          FROM pg_class c WHERE c.relnamespace = 'biomero'::regnamespace",
-        "SELECT format('column %s.%s %s notnull=%s', c.relname, a.attname, \
-             format_type(a.atttypid, a.atttypmod), a.attnotnull) \
+        "SELECT format('column %s.%s %s notnull=%s default=%s', c.relname, a.attname, \
+             format_type(a.atttypid, a.atttypmod), a.attnotnull, pg_get_expr(d.adbin, d.adrelid)) \
          FROM pg_attribute a JOIN pg_class c ON c.oid = a.attrelid \
+         LEFT JOIN pg_attrdef d ON d.adrelid = a.attrelid AND d.adnum = a.attnum \
          WHERE c.relnamespace = 'biomero'::regnamespace AND a.attnum > 0 AND NOT a.attisdropped",
         "SELECT format('constraint %s %s', conname, pg_get_constraintdef(oid)) \
          FROM pg_constraint WHERE connamespace = 'biomero'::regnamespace",
@@ -29,6 +33,12 @@ fn catalog(client: &mut Client) -> Vec<String> {
         "SELECT format('dumped %s', c.oid::regclass) FROM pg_extension e, \
              unnest(e.extconfig) AS config(oid) JOIN pg_class c ON c.oid = config.oid \
          WHERE e.extname = 'biomero_tracking'",
+        // Members of the extension, but for the unit tests' schema `tests` of the test build.
+        "SELECT format('member %s', description) FROM ( \
+             SELECT pg_describe_object(classid, objid, objsubid) AS description FROM pg_depend \
+             WHERE refclassid = 'pg_extension'::regclass AND deptype = 'e' \
+               AND refobjid = (SELECT oid FROM pg_extension WHERE extname = 'biomero_tracking')) m \
+         WHERE description NOT LIKE '% tests.%' AND description <> 'schema tests'",
     ];
     let mut objects: Vec<String> = queries
         .iter()
@@ -39,20 +49,34 @@ fn catalog(client: &mut Client) -> Vec<String> {
     objects
 }
 
-#[test]
-fn update_from_the_first_release_keeps_data_objects_and_guarantees() {
+type EventRow = (String, i64, String, i64, String, Vec<u8>);
+
+fn events(client: &mut Client) -> Vec<EventRow> {
+    client
+        .query(
+            "SELECT application_name, notification_id, originator_id::text, originator_version, \
+             topic, state FROM biomero.events ORDER BY 1, 2",
+            &[],
+        )
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1), r.get(2), r.get(3), r.get(4), r.get(5)))
+        .collect()
+}
+
+fn update_keeps_data_objects_and_guarantees(release: &str) {
     let mut admin = connect();
-    // Put the first release's install script beside the current version's files.
+    // Put the release's install script beside the current version's files.
     let sharedir: String = admin
         .query_one("SELECT setting FROM pg_config WHERE name = 'SHAREDIR'", &[])
         .unwrap()
         .get(0);
-    let script = format!("biomero_tracking--{FIRST_RELEASE}.sql");
+    let script = format!("biomero_tracking--{release}.sql");
     std::fs::copy(
         format!("{}/sql/archive/{script}", env!("CARGO_MANIFEST_DIR")),
         format!("{sharedir}/extension/{script}"),
     )
-    .expect("copy the first release's script into the extension directory");
+    .expect("copy the release's install script into the extension directory");
 
     let (old, fresh) = (unique_name("upgraded"), unique_name("fresh"));
     for database in [&old, &fresh] {
@@ -63,51 +87,76 @@ fn update_from_the_first_release_keeps_data_objects_and_guarantees() {
     let mut upgraded = connect_to(&old);
     upgraded
         .batch_execute(&format!(
-            "CREATE EXTENSION biomero_tracking VERSION '{FIRST_RELEASE}'"
+            "CREATE EXTENSION biomero_tracking VERSION '{release}'"
         ))
         .unwrap();
+    // What that release stored (written as rows: its library is not the installed one).
     let aggregate = random_uuid();
-    for version in 0..5i64 {
-        upgraded
-            .query_one(
-                "SELECT biomero.record_event('WorkflowTracker', $1::text::uuid, $2, 't', '\\x01')",
-                &[&aggregate, &version],
-            )
-            .unwrap();
-    }
     upgraded
-        .batch_execute("SELECT biomero.record_tracking('WorkflowProgress', 'WorkflowTracker', 3)")
+        .execute(
+            "INSERT INTO biomero.events SELECT 'WorkflowTracker', v + 1, $1::text::uuid, v, 't', \
+             '\\x01' FROM generate_series(0, 4) AS v",
+            &[&aggregate],
+        )
         .unwrap();
-    let rows = "SELECT application_name, notification_id, originator_id::text, \
-                originator_version, topic, state FROM biomero.events ORDER BY 1, 2";
-    let before: Vec<(String, i64, String, i64, String, Vec<u8>)> = upgraded
-        .query(rows, &[])
-        .unwrap()
-        .iter()
-        .map(|r| (r.get(0), r.get(1), r.get(2), r.get(3), r.get(4), r.get(5)))
-        .collect();
+    upgraded
+        .batch_execute(
+            "INSERT INTO biomero.events VALUES ('JobAccounting', 1, gen_random_uuid(), 0, 'u', ''); \
+             INSERT INTO biomero.tracking VALUES ('WorkflowProgress', 'WorkflowTracker', 3)",
+        )
+        .unwrap();
+    let before = events(&mut upgraded);
 
-    // Before the update, a function whose implementation moved out of the library says what
-    // to do rather than failing on a missing symbol.
+    // Before the update, a function of the installed library that needs the new tables says
+    // what to do rather than failing on a missing table or symbol.
     let stale = upgraded
         .query(
-            "SELECT * FROM biomero.select_notifications('WorkflowTracker', NULL, 10)",
+            "SELECT biomero.record_event('WorkflowTracker', gen_random_uuid(), 9, 't', '')",
             &[],
         )
         .unwrap_err();
     assert_eq!(
         stale.code(),
-        Some(&SqlState::OBJECT_NOT_IN_PREREQUISITE_STATE)
+        Some(&SqlState::OBJECT_NOT_IN_PREREQUISITE_STATE),
+        "{stale}"
     );
     let message = stale.as_db_error().unwrap().message().to_string();
-    assert!(
-        message.ends_with("run ALTER EXTENSION biomero_tracking UPDATE"),
-        "{message}"
+    assert_eq!(
+        message,
+        "biomero.record_event needs the extension's update: run ALTER EXTENSION \
+         biomero_tracking UPDATE"
     );
 
     upgraded
         .batch_execute("ALTER EXTENSION biomero_tracking UPDATE")
         .unwrap();
+    let version: String = upgraded
+        .query_one(
+            "SELECT extversion FROM pg_extension WHERE extname = 'biomero_tracking'",
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    assert_eq!(version, env!("CARGO_PKG_VERSION"));
+    assert_eq!(
+        events(&mut upgraded),
+        before,
+        "every event survives the update unchanged"
+    );
+    let registered: Vec<String> = upgraded
+        .query(
+            "SELECT application_name FROM biomero.application_registry ORDER BY application_id",
+            &[],
+        )
+        .unwrap()
+        .iter()
+        .map(|row| row.get(0))
+        .collect();
+    assert_eq!(
+        registered,
+        ["JobAccounting", "WorkflowProgress", "WorkflowTracker"],
+        "every stored name is registered"
+    );
     let page: Vec<i64> = upgraded
         .query(
             "SELECT originator_version FROM biomero.select_notifications('WorkflowTracker', NULL, 10)",
@@ -118,22 +167,6 @@ fn update_from_the_first_release_keeps_data_objects_and_guarantees() {
         .map(|row| row.get(0))
         .collect();
     assert_eq!(page, vec![0, 1, 2, 3, 4]);
-
-    let version: String = upgraded
-        .query_one(
-            "SELECT extversion FROM pg_extension WHERE extname = 'biomero_tracking'",
-            &[],
-        )
-        .unwrap()
-        .get(0);
-    assert_eq!(version, env!("CARGO_PKG_VERSION"));
-    let after: Vec<(String, i64, String, i64, String, Vec<u8>)> = upgraded
-        .query(rows, &[])
-        .unwrap()
-        .iter()
-        .map(|r| (r.get(0), r.get(1), r.get(2), r.get(3), r.get(4), r.get(5)))
-        .collect();
-    assert_eq!(after, before, "every event survives the update unchanged");
     let position: i64 = upgraded
         .query_one(
             "SELECT biomero.max_tracking_id('WorkflowProgress', 'WorkflowTracker')",
@@ -148,10 +181,22 @@ fn update_from_the_first_release_keeps_data_objects_and_guarantees() {
     installed
         .batch_execute("CREATE EXTENSION biomero_tracking")
         .unwrap();
-    assert_eq!(catalog(&mut upgraded), catalog(&mut installed));
+    let (updated, fresh_objects) = (catalog(&mut upgraded), catalog(&mut installed));
+    let only_updated: Vec<_> = updated
+        .iter()
+        .filter(|o| !fresh_objects.contains(o))
+        .collect();
+    let only_fresh: Vec<_> = fresh_objects
+        .iter()
+        .filter(|o| !updated.contains(o))
+        .collect();
+    assert!(
+        only_updated.is_empty() && only_fresh.is_empty(),
+        "from {release}: only after the update {only_updated:#?}\nonly in a fresh install {only_fresh:#?}"
+    );
 
     // And the guarantees hold: the next id follows, a duplicate version is a 23505 conflict,
-    // tracking never raises.
+    // tracking never raises, new names get new ids.
     let next: i64 = upgraded
         .query_one(
             "SELECT biomero.record_event('WorkflowTracker', $1::text::uuid, 5, 't', '')",
@@ -175,10 +220,34 @@ fn update_from_the_first_release_keeps_data_objects_and_guarantees() {
         .unwrap()
         .get(0);
     assert!(!advanced);
+    let id: i64 = upgraded
+        .query_one(
+            "SELECT biomero.record_event('JobProgress', gen_random_uuid(), 0, 't', '')",
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    assert_eq!(id, 1);
+    let new_id: i32 = upgraded
+        .query_one(
+            "SELECT application_id FROM biomero.application_registry \
+             WHERE application_name = 'JobProgress'",
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    assert_eq!(new_id, 4);
     drop((upgraded, installed));
     for database in [&old, &fresh] {
         admin
             .batch_execute(&format!("DROP DATABASE {database}"))
             .unwrap();
+    }
+}
+
+#[test]
+fn update_from_every_earlier_release_keeps_data_objects_and_guarantees() {
+    for release in EARLIER_RELEASES {
+        update_keeps_data_objects_and_guarantees(release);
     }
 }
