@@ -69,7 +69,7 @@ fn schema_objects(client: &mut Client) -> Vec<String> {
 }
 
 fn run(program: &str, args: &[String]) -> String {
-    let output = Command::new(format!("{PG_BIN}/{program}"))
+    let output = Command::new(format!("{}/{program}", pg_bin()))
         .args(args)
         .output()
         .unwrap_or_else(|error| panic!("cannot run {program}: {error}"));

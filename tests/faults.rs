@@ -795,12 +795,25 @@ fn fault_timeouts_and_cancels_cut_claim_and_append_waits_and_leave_nothing_behin
     );
     let claim_name = format!("the claim of follower \"{follower}\" on upstream \"{upstream}\"");
     let append_name = format!("the append lock of application \"{follower}\"");
+    let fresh = unique_name("TimeoutFresh");
     let mut setup = connect_when_ready(READY);
     Batch::new(&upstream, 3).append(&mut setup).unwrap();
+    // The names are used once (and so registered) before the waits below: the first use of a
+    // name is waited for too, and is shown last.
+    setup
+        .query_one("SELECT biomero.claim($1, $2)", &[&follower, &upstream])
+        .unwrap();
 
-    // The holder claims the pair and appends to the follower's log, and does not commit.
+    // The holder claims the pair and appends to the follower's log and to a name it is the
+    // first to use, and does not commit.
     let mut holder = connect();
     holder.batch_execute("BEGIN").unwrap();
+    holder
+        .query_one(
+            "SELECT biomero.record_event($1, $2::text::uuid, 0, 'biomero.test:Other', '')",
+            &[&fresh, &random_uuid()],
+        )
+        .unwrap();
     holder
         .query_one("SELECT biomero.claim($1, $2)", &[&follower, &upstream])
         .unwrap();
@@ -838,6 +851,25 @@ fn fault_timeouts_and_cancels_cut_claim_and_append_waits_and_leave_nothing_behin
         format!("canceling statement while waiting for {claim_name}")
     );
     waiter.batch_execute("SET statement_timeout = 0").unwrap();
+
+    // lock_timeout while waiting for the first use of a name by another transaction: 55P03
+    // naming the registration.
+    waiter.batch_execute("SET lock_timeout = '200ms'").unwrap();
+    let error = waiter
+        .query_one(
+            "SELECT biomero.record_event($1, $2::text::uuid, 1, 'biomero.test:Other', '')",
+            &[&fresh, &random_uuid()],
+        )
+        .unwrap_err();
+    assert_eq!(error.code(), Some(&SqlState::LOCK_NOT_AVAILABLE));
+    assert_eq!(
+        db_message(&error),
+        format!(
+            "lock timeout expired while waiting for the registration of application \"{fresh}\" \
+             by another transaction"
+        )
+    );
+    waiter.batch_execute("SET lock_timeout = 0").unwrap();
 
     // A timeout inside a transaction that had appended: the transaction's events go with it
     // and its append lock is released.
@@ -1070,7 +1102,7 @@ fn load_with_fault(fault: LoadFault) {
         LoadFault::ImmediateRestart => {
             let data = test_server().data_directory;
             let output = run_as_server_owner(
-                &format!("{PG_BIN}/pg_ctl"),
+                &format!("{}/pg_ctl", pg_bin()),
                 &[
                     "restart",
                     "-D",

@@ -96,11 +96,10 @@ impl Model {
 #[derive(Clone, Debug, PartialEq)]
 enum Held {
     Nothing,
-    /// The claim of (follower, upstream), and with it the tracking row when it existed.
+    /// The claim of (follower, upstream).
     Claim {
         follower: String,
         upstream: String,
-        row_locked: bool,
     },
     /// The append lock of an application.
     Append(String),
@@ -405,23 +404,13 @@ impl Fuzz {
         self.held == Held::Append(application.to_string())
     }
 
-    fn claim_held(&self, follower: &str, upstream: &str) -> Option<bool> {
-        match &self.held {
-            Held::Claim {
-                follower: f,
-                upstream: u,
-                row_locked,
-            } if f == follower && u == upstream => Some(*row_locked),
-            _ => None,
-        }
+    fn claim_held(&self, follower: &str, upstream: &str) -> bool {
+        matches!(&self.held, Held::Claim { follower: f, upstream: u } if f == follower && u == upstream)
     }
 
-    /// Advances the model's position as record_tracking does; None when the call waits for
-    /// the row the other session has locked (and so times out).
+    /// Advances the model's position as record_tracking does (a held claim does not stop it:
+    /// tracking takes no claim); None is never returned since claims lock no row.
     fn model_advance(&mut self, follower: &str, upstream: &str, id: i64) -> Option<bool> {
-        if self.claim_held(follower, upstream) == Some(true) {
-            return None;
-        }
         let key = (follower.to_string(), upstream.to_string());
         let current = self.model.positions.get(&key).copied();
         Some(match current {
@@ -751,7 +740,7 @@ impl Fuzz {
             return self.expect_error("claim", result, &errors, arguments);
         }
         let (follower, upstream) = (follower.clone().unwrap(), upstream.clone().unwrap());
-        let expected = if self.claim_held(&follower, &upstream).is_some() {
+        let expected = if self.claim_held(&follower, &upstream) {
             if wait == Some(true) {
                 return self.expect_error(
                     "claim",
@@ -1022,6 +1011,8 @@ impl Fuzz {
             .as_array()
             .unwrap()
             .iter()
+            // Followers and names registered before any event are listed without a head.
+            .filter(|a| a["event_count"].as_i64() != Some(0))
             .map(|a| {
                 (
                     a["application_name"].as_str().unwrap().to_string(),
@@ -1085,12 +1076,7 @@ impl Fuzz {
                     self.model.positions.get(&key).copied().unwrap_or(0),
                     "claim in the second session"
                 );
-                let row_locked = self.model.positions.contains_key(&key);
-                self.held = Held::Claim {
-                    follower,
-                    upstream,
-                    row_locked,
-                };
+                self.held = Held::Claim { follower, upstream };
             }
             _ => {
                 let application = self.names.choose(&mut self.rng).unwrap().clone();
@@ -1229,6 +1215,11 @@ fn fuzz_every_function_with_random_and_hostile_arguments() {
     names.push(format!("{}'", "x".repeat(MAX_NAME - 1)));
     names.shuffle(&mut rng);
     names.truncate(10);
+    // Registered up front: a first use registers the name, and a registration another
+    // session has not committed yet is waited for, which the model does not follow.
+    for name in &names {
+        let _ = client.execute("SELECT biomero.set_append_mode($1, 'serialized')", &[name]);
+    }
     let mut fuzz = Fuzz {
         rng,
         client,

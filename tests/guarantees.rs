@@ -18,6 +18,16 @@ fn record(client: &mut Client, application: &str) -> Result<i64, postgres::Error
         .map(|row| row.get(0))
 }
 
+/// Registers `application` (its first use), committed.
+fn register(client: &mut Client, application: &str) {
+    client
+        .execute(
+            "SELECT biomero.set_append_mode($1, 'serialized')",
+            &[&application],
+        )
+        .unwrap();
+}
+
 fn db_message(error: &postgres::Error) -> String {
     error
         .as_db_error()
@@ -28,6 +38,8 @@ fn db_message(error: &postgres::Error) -> String {
 #[test]
 fn appends_to_different_applications_never_wait_for_each_other() {
     let (busy, free) = (unique_name("Busy"), unique_name("Free"));
+    // Used (so registered) once before: a first use by an open transaction is waited for.
+    register(&mut connect(), &busy);
     let mut holder = connect();
     let mut tx = holder.transaction().unwrap();
     tx.query_one(
@@ -65,38 +77,45 @@ fn appends_to_different_applications_never_wait_for_each_other() {
     assert_eq!(record(&mut other, &busy).unwrap(), 2);
 }
 
-/// The lock keys, computed as the extension documents them (FNV-1a, NUL-separated parts).
-fn key_halves(parts: &[&str]) -> (i32, i32) {
-    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
-    for (index, part) in parts.iter().enumerate() {
-        let separator: &[u8] = if index > 0 { &[0] } else { &[] };
-        for byte in separator.iter().chain(part.as_bytes()) {
-            hash = (hash ^ u64::from(*byte)).wrapping_mul(0x0000_0100_0000_01b3);
-        }
-    }
-    ((hash >> 32) as u32 as i32, hash as u32 as i32)
+/// The registry id of `application`, which keys its locks.
+fn application_id(client: &mut Client, application: &str) -> i32 {
+    client
+        .query_one(
+            "SELECT application_id FROM biomero.application_registry WHERE application_name = $1",
+            &[&application],
+        )
+        .unwrap()
+        .get(0)
 }
 
 #[test]
 fn extension_locks_cannot_collide_with_user_advisory_locks() {
     let application = unique_name("Keys");
     let (follower, upstream) = (unique_name("F"), unique_name("U"));
+    let mut ours = connect();
+    ours.batch_execute("SET lock_timeout = '1s'").unwrap();
+    // Registered (and their ids known) by a first use.
+    assert_eq!(record(&mut ours, &application).unwrap(), 1);
+    ours.execute("SELECT biomero.claim($1, $2)", &[&follower, &upstream])
+        .unwrap();
+    let keys = [
+        (application_id(&mut ours, &application), 0),
+        (
+            application_id(&mut ours, &follower),
+            application_id(&mut ours, &upstream),
+        ),
+    ];
     let mut user = connect();
     let mut tx = user.transaction().unwrap();
     // The user's code takes every advisory lock that shares our keys' numbers.
-    for (high, low) in [
-        key_halves(&[&application]),
-        key_halves(&[&follower, &upstream]),
-    ] {
+    for (high, low) in keys {
         let big = (i64::from(high) << 32) | i64::from(low as u32);
         tx.execute("SELECT pg_advisory_xact_lock($1, $2)", &[&high, &low])
             .unwrap();
         tx.execute("SELECT pg_advisory_xact_lock($1)", &[&big])
             .unwrap();
     }
-    let mut ours = connect();
-    ours.batch_execute("SET lock_timeout = '1s'").unwrap();
-    assert_eq!(record(&mut ours, &application).unwrap(), 1);
+    assert_eq!(record(&mut ours, &application).unwrap(), 2);
     let mut claim = ours.transaction().unwrap();
     let position: Option<i64> = claim
         .query_one(
@@ -106,20 +125,93 @@ fn extension_locks_cannot_collide_with_user_advisory_locks() {
         .unwrap()
         .get(0);
     assert_eq!(position, Some(0));
-    // ... and our locks show in pg_locks with their own objsubid, not 1 or 2.
-    let kinds: Vec<i16> = claim
+    // ... and our locks show in pg_locks with their own objsubid, not 1 or 2, keyed by ids.
+    let held: Vec<(i16, i64, i64)> = claim
         .query(
-            "SELECT objsubid::int2 FROM pg_locks WHERE locktype = 'advisory' \
-             AND pid = pg_backend_pid()",
+            "SELECT objsubid::int2, classid::int8, objid::int8 FROM pg_locks \
+             WHERE locktype = 'advisory' AND pid = pg_backend_pid()",
             &[],
         )
         .unwrap()
         .iter()
-        .map(|row| row.get(0))
+        .map(|row| (row.get(0), row.get(1), row.get(2)))
         .collect();
-    assert_eq!(kinds, vec![0x6202]);
+    assert_eq!(
+        held,
+        vec![(CLAIM_LOCK, i64::from(keys[1].0), i64::from(keys[1].1))]
+    );
     claim.commit().unwrap();
     tx.commit().unwrap();
+}
+
+/// Two names with the same 64-bit FNV-1a hash, the key of the locks up to release 0.2.0 (a
+/// common suffix keeps them colliding, so each test run can make its own pair).
+fn colliding_names() -> (String, String) {
+    let suffix = unique_name("");
+    (
+        format!("App_56fXTZcL8Ta{suffix}"),
+        format!("App_1AUfo6pVE7o{suffix}"),
+    )
+}
+
+#[test]
+fn distinct_names_never_share_a_lock() {
+    let (a, b) = colliding_names();
+    let upstream = unique_name("U");
+    register(&mut connect(), &upstream);
+    let mut holder = connect();
+    let mut tx = holder.transaction().unwrap();
+    tx.query_one(
+        "SELECT biomero.record_event($1, $2::text::uuid, 0, 't', '')",
+        &[&a, &random_uuid()],
+    )
+    .unwrap();
+    tx.query_one("SELECT biomero.claim($1, $2)", &[&a, &upstream])
+        .unwrap();
+
+    let mut other = connect();
+    other.batch_execute("SET lock_timeout = '2s'").unwrap();
+    // An append to B does not wait for A's append lock...
+    assert_eq!(record(&mut other, &b).unwrap(), 1);
+    // ... and B's claim is free while only A's is held.
+    let mut claim = other.transaction().unwrap();
+    let position: Option<i64> = claim
+        .query_one(
+            "SELECT biomero.claim($1, $2, wait => false)",
+            &[&b, &upstream],
+        )
+        .unwrap()
+        .get(0);
+    assert_eq!(position, Some(0));
+    claim.commit().unwrap();
+    tx.commit().unwrap();
+
+    // Appends to A then C, and to C then B: with shared keys these two deadlocked.
+    let c = unique_name("C");
+    let append = "SELECT biomero.record_event($1, $2::text::uuid, 1, 't', '')";
+    let (appended_a, go_on) = (std::sync::mpsc::channel(), std::sync::mpsc::channel());
+    let first = {
+        let (a, c) = (a.clone(), c.clone());
+        thread::spawn(move || {
+            let mut client = connect();
+            let mut one = client.transaction().unwrap();
+            one.query_one(append, &[&a, &random_uuid()]).unwrap();
+            appended_a.0.send(()).unwrap();
+            go_on.1.recv().unwrap();
+            one.query_one(append, &[&c, &random_uuid()]).unwrap();
+            one.commit().unwrap();
+        })
+    };
+    appended_a.1.recv().unwrap();
+    let mut second = connect();
+    second.batch_execute("SET lock_timeout = '2s'").unwrap();
+    let mut two = second.transaction().unwrap();
+    two.query_one(append, &[&c, &random_uuid()]).unwrap();
+    two.query_one(append, &[&b, &random_uuid()]).unwrap();
+    go_on.0.send(()).unwrap();
+    thread::sleep(Duration::from_millis(200));
+    two.commit().unwrap();
+    first.join().unwrap();
 }
 
 #[test]
@@ -354,32 +446,40 @@ fn stricter_isolation_levels_see_contention_only_as_retryable_serialization_fail
             )
             .unwrap();
 
-        for (function, position) in [("record_event", 0i64), ("record_tracking", 5), ("claim", 9)] {
+        // An append reads the head with the latest snapshot under its lock, so a commit after
+        // the transaction's snapshot is built on, not a conflict.
+        let mut tx = stale
+            .build_transaction()
+            .isolation_level(isolation)
+            .start()
+            .unwrap();
+        tx.query_one("SELECT 1", &[]).unwrap();
+        record(&mut other, &application).unwrap();
+        let id: i64 = tx
+            .query_one(
+                "SELECT biomero.record_event($1, $2::text::uuid, 0, 't', '')",
+                &[&application, &random_uuid()],
+            )
+            .unwrap()
+            .get(0);
+        assert_eq!(id, 3, "{isolation:?}");
+        tx.commit().unwrap();
+
+        // A position moved after the snapshot is a conflict to retry, for tracking and claims.
+        for (function, position) in [("record_tracking", 5i64), ("claim", 9)] {
             let mut tx = stale
                 .build_transaction()
                 .isolation_level(isolation)
                 .start()
                 .unwrap();
-            // The snapshot is taken here; then another session commits what this
-            // transaction would have to build on.
             tx.query_one("SELECT 1", &[]).unwrap();
-            if function == "record_event" {
-                record(&mut other, &application).unwrap();
-            } else {
-                other
-                    .execute(
-                        "SELECT biomero.record_tracking($1, $2, $3)",
-                        &[&follower, &upstream, &position],
-                    )
-                    .unwrap();
-            }
+            other
+                .execute(
+                    "SELECT biomero.record_tracking($1, $2, $3)",
+                    &[&follower, &upstream, &position],
+                )
+                .unwrap();
             let call = match function {
-                "record_event" => tx
-                    .query_one(
-                        "SELECT biomero.record_event($1, $2::text::uuid, 0, 't', '')",
-                        &[&application, &random_uuid()],
-                    )
-                    .map(|_| ()),
                 "record_tracking" => tx
                     .query_one(
                         "SELECT biomero.record_tracking($1, $2, 3)",

@@ -150,3 +150,252 @@ fn objects_in_the_callers_search_path_cannot_hijack_the_functions() {
         .get(0);
     assert_eq!(head, 3);
 }
+
+const WRITER_FUNCTIONS: &str =
+    "biomero.record_event, biomero.record_events, biomero.record_tracking, biomero.claim";
+
+#[test]
+fn restricted_applications_admit_only_members_of_their_role() {
+    let (restricted, open) = (unique_name("Tracker"), unique_name("Open"));
+    let (owners, member, outsider) = (
+        unique_name("owners"),
+        unique_name("member"),
+        unique_name("outsider"),
+    );
+    let mut admin = connect();
+    admin
+        .batch_execute(&format!(
+            "CREATE ROLE {owners}; CREATE ROLE {member} IN ROLE {owners}; CREATE ROLE {outsider}; \
+             GRANT USAGE ON SCHEMA biomero TO {member}, {outsider}; \
+             GRANT EXECUTE ON FUNCTION {WRITER_FUNCTIONS} TO {member}, {outsider}; \
+             GRANT CREATE ON SCHEMA public TO {outsider};"
+        ))
+        .unwrap();
+    admin
+        .execute(
+            "SELECT biomero.restrict_application($1, $2::text::regrole)",
+            &[&restricted, &owners],
+        )
+        .unwrap();
+
+    let calls = [
+        (
+            "SELECT biomero.record_event($1, gen_random_uuid(), 0, 't', '')",
+            "append to",
+        ),
+        (
+            "SELECT biomero.record_events($1, ARRAY[gen_random_uuid()], ARRAY[0], ARRAY['t'], \
+             ARRAY[''::bytea])",
+            "append to",
+        ),
+        (
+            "SELECT biomero.record_tracking($1, 'Upstream', 9223372036854775807)",
+            "record positions of",
+        ),
+        ("SELECT biomero.claim($1, 'Upstream')", "claim as"),
+    ];
+    let mut session = connect();
+    session
+        .batch_execute(&format!("SET ROLE {outsider}"))
+        .unwrap();
+    for (call, action) in calls {
+        let error = session.query(call, &[&restricted]).unwrap_err();
+        assert_eq!(
+            error.code(),
+            Some(&SqlState::INSUFFICIENT_PRIVILEGE),
+            "{call}"
+        );
+        let db = error.as_db_error().unwrap();
+        assert_eq!(
+            db.message(),
+            format!("permission denied to {action} application \"{restricted}\"")
+        );
+        assert!(db.detail().unwrap().contains(&owners), "{:?}", db.detail());
+        // An application never restricted keeps admitting every writer.
+        session.query(call, &[&open]).unwrap();
+    }
+    // A wrapper of the outsider's own, SECURITY DEFINER or not, is still the outsider calling.
+    session
+        .batch_execute(&format!(
+            "CREATE FUNCTION public.{outsider}_append(text) RETURNS bigint LANGUAGE sql \
+             SECURITY DEFINER AS $$ SELECT biomero.record_event($1, gen_random_uuid(), 0, 't', '') $$"
+        ))
+        .unwrap();
+    let error = session
+        .query(
+            &format!("SELECT public.{outsider}_append($1)"),
+            &[&restricted],
+        )
+        .unwrap_err();
+    assert_eq!(error.code(), Some(&SqlState::INSUFFICIENT_PRIVILEGE));
+    // The administrator's functions are not granted to writers.
+    for call in [
+        "SELECT biomero.restrict_application($1, NULL)",
+        "SELECT biomero.set_append_mode($1, 'serialized')",
+        "SELECT biomero.reset_position($1, 'Upstream', 0)",
+        "SELECT biomero.lock_for_import($1)",
+    ] {
+        let error = session.query(call, &[&restricted]).unwrap_err();
+        assert_eq!(
+            error.code(),
+            Some(&SqlState::INSUFFICIENT_PRIVILEGE),
+            "{call}"
+        );
+    }
+
+    session
+        .batch_execute(&format!("RESET ROLE; SET ROLE {member}"))
+        .unwrap();
+    for (call, _) in calls {
+        session.query(call, &[&restricted]).unwrap();
+    }
+    session.batch_execute("RESET ROLE").unwrap();
+    assert_eq!(stored_ids(&mut admin, &restricted), vec![1, 2]);
+
+    // The member moved the position to the end of the ids: an administrator moves it back,
+    // after the follower's current processor (holding the claim) is done.
+    let position = "SELECT biomero.max_tracking_id($1, 'Upstream')";
+    let max: i64 = admin.query_one(position, &[&restricted]).unwrap().get(0);
+    assert_eq!(max, i64::MAX);
+    let replaced: Option<i64> = admin
+        .query_one(
+            "SELECT biomero.reset_position($1, 'Upstream', 1)",
+            &[&restricted],
+        )
+        .unwrap()
+        .get(0);
+    assert_eq!(replaced, Some(i64::MAX));
+    let now: i64 = admin.query_one(position, &[&restricted]).unwrap().get(0);
+    assert_eq!(now, 1);
+    let forgotten: Option<i64> = admin
+        .query_one(
+            "SELECT biomero.reset_position($1, 'Upstream', 0)",
+            &[&restricted],
+        )
+        .unwrap()
+        .get(0);
+    assert_eq!(forgotten, Some(1));
+    assert_eq!(
+        admin
+            .query_one(position, &[&restricted])
+            .unwrap()
+            .get::<_, Option<i64>>(0),
+        None
+    );
+    // Lifting the restriction admits the outsider again.
+    admin
+        .execute(
+            "SELECT biomero.restrict_application($1, NULL)",
+            &[&restricted],
+        )
+        .unwrap();
+    session
+        .batch_execute(&format!("SET ROLE {outsider}"))
+        .unwrap();
+    session.query(calls[0].0, &[&restricted]).unwrap();
+    session.batch_execute("RESET ROLE").unwrap();
+}
+
+#[test]
+fn an_import_never_runs_the_source_owners_code() {
+    let role = unique_name("hostile");
+    let schema = unique_name("hostile");
+    let mut admin = connect();
+    // A role's events table, replaced by a view over its own function; a table whose
+    // row-level security policy calls its function; a column of its own domain type. The
+    // function records that it ran with the caller's rights by copying a secret.
+    admin
+        .batch_execute(&format!(
+            "CREATE ROLE {role}; CREATE SCHEMA {schema} AUTHORIZATION {role}; \
+             CREATE TABLE {schema}_secret (value text); INSERT INTO {schema}_secret VALUES ('s3cret'); \
+             SET ROLE {role}; \
+             CREATE TABLE {schema}.loot (value text); \
+             CREATE FUNCTION {schema}.steal() RETURNS bigint LANGUAGE plpgsql AS $$ \
+               BEGIN INSERT INTO {schema}.loot SELECT value FROM public.{schema}_secret; RETURN 1; \
+               EXCEPTION WHEN OTHERS THEN RETURN 1; END $$; \
+             CREATE VIEW {schema}.events AS SELECT {schema}.steal() AS notification_id, \
+               gen_random_uuid() AS originator_id, 0::bigint AS originator_version, \
+               't'::text AS topic, ''::bytea AS state; \
+             CREATE TABLE {schema}.policed (notification_id bigint, originator_id uuid, \
+               originator_version bigint, topic text, state bytea); \
+             INSERT INTO {schema}.policed VALUES (1, gen_random_uuid(), 0, 't', ''); \
+             ALTER TABLE {schema}.policed ENABLE ROW LEVEL SECURITY; \
+             CREATE POLICY steal ON {schema}.policed USING ({schema}.steal() = 1); \
+             CREATE DOMAIN {schema}.id AS bigint CHECK ({schema}.steal() = 1); \
+             CREATE TABLE {schema}.typed (notification_id {schema}.id, originator_id uuid, \
+               originator_version bigint, topic text, state bytea); \
+             RESET ROLE;"
+        ))
+        .unwrap();
+    for (table, expected) in [
+        ("events", SqlState::WRONG_OBJECT_TYPE),
+        ("policed", SqlState::WRONG_OBJECT_TYPE),
+        ("typed", SqlState::UNDEFINED_COLUMN),
+    ] {
+        let error = admin
+            .query(
+                "SELECT * FROM biomero.import_eventsourcing($1, $2::text::regclass)",
+                &[&unique_name("Imported"), &format!("{schema}.{table}")],
+            )
+            .unwrap_err();
+        assert_eq!(error.code(), Some(&expected), "{table}: {error}");
+    }
+    let loot: i64 = admin
+        .query_one(&format!("SELECT count(*) FROM {schema}.loot"), &[])
+        .unwrap()
+        .get(0);
+    assert_eq!(loot, 0, "the role's function ran inside the import");
+    admin
+        .batch_execute(&format!(
+            "DROP SCHEMA {schema} CASCADE; DROP TABLE {schema}_secret; DROP ROLE {role}"
+        ))
+        .unwrap();
+}
+
+#[test]
+fn an_import_needs_select_and_a_lock_privilege_on_the_source() {
+    let importer = unique_name("importer");
+    let table = unique_name("source_events");
+    let mut admin = connect();
+    admin
+        .batch_execute(&format!(
+            "CREATE TABLE {table} (notification_id bigint PRIMARY KEY, originator_id uuid, \
+               originator_version bigint, topic text, state bytea); \
+             INSERT INTO {table} VALUES (1, gen_random_uuid(), 0, 't', ''); \
+             CREATE ROLE {importer}; \
+             GRANT USAGE ON SCHEMA biomero TO {importer}; \
+             GRANT SELECT, INSERT, UPDATE ON ALL TABLES IN SCHEMA biomero TO {importer}; \
+             GRANT EXECUTE ON FUNCTION biomero.import_eventsourcing, biomero.lock_for_import, \
+               biomero.check_import_source, biomero.unexpected_columns TO {importer}; \
+             GRANT SELECT ON {table} TO {importer};"
+        ))
+        .unwrap();
+    let mut session = connect();
+    session
+        .batch_execute(&format!("SET ROLE {importer}"))
+        .unwrap();
+    let import = "SELECT events_imported FROM biomero.import_eventsourcing($1, $2::text::regclass)";
+    let application = unique_name("Imported");
+    let error = session
+        .query_one(import, &[&application, &table])
+        .unwrap_err();
+    assert_eq!(error.code(), Some(&SqlState::INSUFFICIENT_PRIVILEGE));
+    let db = error.as_db_error().unwrap();
+    assert_eq!(
+        db.message(),
+        format!("permission denied to import public.{table}")
+    );
+    assert!(db
+        .detail()
+        .unwrap()
+        .contains("SELECT and one of UPDATE, DELETE or TRUNCATE"));
+    admin
+        .batch_execute(&format!("GRANT UPDATE ON {table} TO {importer}"))
+        .unwrap();
+    let imported: i64 = session
+        .query_one(import, &[&application, &table])
+        .unwrap()
+        .get(0);
+    assert_eq!(imported, 1);
+    session.batch_execute("RESET ROLE").unwrap();
+}

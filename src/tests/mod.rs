@@ -26,7 +26,7 @@ mod tests {
     fn test_extension_ready() {
         assert_eq!(
             sql_i64("SELECT count(*) FROM pg_tables WHERE schemaname = 'biomero'"),
-            Some(2)
+            Some(3)
         );
     }
 
@@ -240,10 +240,11 @@ mod tests {
             sql_i64("SELECT biomero.claim('F', 'U', wait => false)"),
             Some(9)
         );
-        let held = sql_i64(
-            "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND objsubid = 25090 \
+        let held = sql_i64(&format!(
+            "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND objsubid = {} \
              AND pid = pg_backend_pid()",
-        );
+            crate::locks::CLAIM_LOCK_KIND
+        ));
         assert_eq!(held, Some(1));
     }
 
@@ -346,7 +347,14 @@ mod tests {
         let summary = Spi::get_one::<pgrx::JsonB>("SELECT biomero.summary()")
             .unwrap()
             .unwrap();
-        assert_eq!(summary.0["applications"][0]["head_notification_id"], 3);
+        let upstream = summary.0["applications"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|application| application["application_name"] == "U")
+            .unwrap()
+            .clone();
+        assert_eq!(upstream["head_notification_id"], 3);
         assert_eq!(summary.0["followers"][0]["lag"], 2);
         assert_eq!(summary.0["followers"][0]["position"], 1);
     }

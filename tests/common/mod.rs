@@ -101,8 +101,18 @@ pub fn connect_to(database: &str) -> Client {
 // Faults, backups and long runs: the server's files and processes, other databases,
 // reconnecting across restarts, and the invariants every test checks afterwards.
 
-/// Where the server's programs are (pg_ctl, pg_dump, pg_restore, psql).
-pub const PG_BIN: &str = "/usr/lib/postgresql/15/bin";
+/// Where the test server's programs are (pg_ctl, pg_dump, pg_restore, psql, initdb): the
+/// installation of the PostgreSQL major the tests were built for.
+pub fn pg_bin() -> String {
+    static BIN: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    BIN.get_or_init(|| {
+        connect()
+            .query_one("SELECT setting FROM pg_config WHERE name = 'BINDIR'", &[])
+            .unwrap()
+            .get(0)
+    })
+    .clone()
+}
 
 /// The test server's data directory, port and socket directory, as it reports them.
 #[derive(Clone, Debug)]
@@ -191,8 +201,7 @@ pub fn backend_pid(client: &mut Client) -> i32 {
 }
 
 /// The extension's lock kinds as `pg_locks.objsubid` shows them.
-pub const APPEND_LOCK: i16 = 0x6201;
-pub const CLAIM_LOCK: i16 = 0x6202;
+pub use biomero_tracking::locks::{APPEND_LOCK_KIND as APPEND_LOCK, CLAIM_LOCK_KIND as CLAIM_LOCK};
 
 /// Waits until backend `pid` is blocked waiting for one of the extension's locks of `kind`.
 pub fn wait_until_blocked(observer: &mut Client, pid: i32, kind: i16) {
@@ -222,8 +231,8 @@ pub fn extension_locks(client: &mut Client) -> Vec<(i32, i16, bool)> {
     client
         .query(
             "SELECT pid, objsubid::int2, granted FROM pg_locks \
-             WHERE locktype = 'advisory' AND objsubid IN (25089, 25090) ORDER BY pid",
-            &[],
+             WHERE locktype = 'advisory' AND objsubid IN ($1, $2) ORDER BY pid",
+            &[&APPEND_LOCK, &CLAIM_LOCK],
         )
         .unwrap()
         .iter()
@@ -332,4 +341,169 @@ pub fn server_pids(data_directory: &str) -> Vec<i32> {
         }
     }
     pids
+}
+
+// ----------------------------------------------------------------------------------------
+// Servers of their own: a test that needs other settings (no shared_preload_libraries, another
+// encoding) or a streaming replica starts a cluster from the test server's installation.
+
+/// A cluster started by a test, stopped (immediately) and removed when dropped.
+pub struct Cluster {
+    pub data: String,
+    pub port: u16,
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn must_run_as_server_owner(program: &str, args: &[&str]) {
+    let output = run_as_server_owner(program, args);
+    assert!(
+        output.status.success(),
+        "{program} {args:?}: {}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
+impl Cluster {
+    /// A new cluster (initdb with `initdb_args`) started with `settings` (`name=value`).
+    pub fn start(name: &str, initdb_args: &[&str], settings: &[&str]) -> Cluster {
+        let data = format!(
+            "{}/{}",
+            std::env::var("CARGO_PGRX_TEST_PGDATA").unwrap_or_else(|_| "/var/tmp/pgrx-test".into()),
+            unique_name(name)
+        );
+        let initdb = format!("{}/initdb", pg_bin());
+        let mut args = vec!["-D", &data, "-A", "trust", "--no-sync", "-U", "postgres"];
+        args.extend_from_slice(initdb_args);
+        must_run_as_server_owner(&initdb, &args);
+        let cluster = Cluster {
+            data,
+            port: free_port(),
+        };
+        cluster.launch(settings);
+        cluster
+    }
+
+    /// A streaming replica of `primary` (pg_basebackup -R), started as a hot standby.
+    pub fn replica_of(primary: &Cluster, settings: &[&str]) -> Cluster {
+        let data = format!("{}-replica", primary.data);
+        let port = primary.port.to_string();
+        must_run_as_server_owner(
+            &format!("{}/pg_basebackup", pg_bin()),
+            &[
+                "-h",
+                "127.0.0.1",
+                "-p",
+                &port,
+                "-U",
+                "postgres",
+                "-D",
+                &data,
+                "-R",
+                "-X",
+                "stream",
+                // A fast checkpoint: a spread one can take minutes.
+                "-c",
+                "fast",
+                "--no-sync",
+            ],
+        );
+        let cluster = Cluster {
+            data,
+            port: free_port(),
+        };
+        cluster.launch(settings);
+        cluster
+    }
+
+    fn launch(&self, settings: &[&str]) {
+        let mut options = format!(
+            "-p {} -k /tmp -c listen_addresses=127.0.0.1 -c max_connections=100 \
+             -c fsync=off -c log_min_messages=warning",
+            self.port
+        );
+        for setting in settings {
+            options.push_str(&format!(" -c {setting}"));
+        }
+        let log = format!("{}/server.log", self.data);
+        must_run_as_server_owner(
+            &format!("{}/pg_ctl", pg_bin()),
+            &[
+                "-D", &self.data, "-l", &log, "-w", "-t", "60", "-o", &options, "start",
+            ],
+        );
+    }
+
+    pub fn pg_ctl(&self, args: &[&str]) -> std::process::Output {
+        let mut all = vec!["-D", self.data.as_str()];
+        all.extend_from_slice(args);
+        run_as_server_owner(&format!("{}/pg_ctl", pg_bin()), &all)
+    }
+
+    /// Starts a stopped (or crashed) cluster again with `settings`.
+    pub fn start_again(&self, settings: &[&str]) {
+        self.launch(settings);
+    }
+
+    /// Stops with `mode` (fast, immediate) and starts again with `settings`.
+    pub fn restart(&self, mode: &str, settings: &[&str]) {
+        let stopped = self.pg_ctl(&["-m", mode, "-w", "stop"]);
+        assert!(stopped.status.success(), "{stopped:?}");
+        self.launch(settings);
+    }
+
+    pub fn try_connect(&self, database: &str) -> Result<Client, postgres::Error> {
+        postgres::Config::new()
+            .host("127.0.0.1")
+            .port(self.port)
+            .user("postgres")
+            .dbname(database)
+            .connect_timeout(std::time::Duration::from_secs(5))
+            .connect(postgres::NoTls)
+    }
+
+    pub fn connect(&self, database: &str) -> Client {
+        self.try_connect(database)
+            .unwrap_or_else(|error| panic!("connect to {database} on port {}: {error}", self.port))
+    }
+
+    /// A session, retrying while the server starts, recovers or restarts.
+    pub fn connect_when_ready(&self, database: &str) -> Client {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        loop {
+            match self.try_connect(database) {
+                Ok(client) => return client,
+                Err(error) if std::time::Instant::now() > deadline => {
+                    panic!("port {} did not accept sessions: {error}", self.port)
+                }
+                Err(_) => std::thread::sleep(std::time::Duration::from_millis(50)),
+            }
+        }
+    }
+
+    /// A database with the extension created in it.
+    pub fn database_with_extension(&self, name: &str) -> Client {
+        self.connect("postgres")
+            .batch_execute(&format!("CREATE DATABASE {name}"))
+            .unwrap();
+        let mut client = self.connect(name);
+        client
+            .batch_execute("CREATE EXTENSION biomero_tracking")
+            .unwrap();
+        client
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        let _ = self.pg_ctl(&["-m", "immediate", "-w", "stop"]);
+        let _ = run_as_server_owner("rm", &["-rf", &self.data]);
+    }
 }

@@ -1,0 +1,328 @@
+//! What needs servers of its own: concurrent mode without shared_preload_libraries, crashes
+//! under concurrent load, and readers on a streaming replica, before and after its promotion.
+
+mod common;
+
+use common::*;
+use postgres::error::SqlState;
+use postgres::{Client, IsolationLevel};
+use rand::Rng;
+use std::collections::BTreeSet;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread;
+use std::time::{Duration, Instant};
+
+const PRELOAD: &str = "shared_preload_libraries=biomero_tracking";
+const APPEND: &str = "SELECT biomero.record_event($1, gen_random_uuid(), 0, 't', '')";
+const PAGE: &str = "SELECT notification_id FROM biomero.select_notifications($1, $2, 1000, \
+                    inclusive_of_start => false)";
+
+fn ids(client: &mut Client, application: &str) -> Vec<i64> {
+    stored_ids(client, application)
+}
+
+/// Every notification a reader gets, page after page.
+fn read_all(client: &mut Client, application: &str) -> Vec<i64> {
+    let mut all: Vec<i64> = Vec::new();
+    loop {
+        let after = all.last().copied().unwrap_or(0);
+        let page: Vec<i64> = client
+            .query(PAGE, &[&application, &after])
+            .unwrap()
+            .iter()
+            .map(|row| row.get(0))
+            .collect();
+        if page.is_empty() {
+            return all;
+        }
+        all.extend(page);
+    }
+}
+
+#[test]
+fn concurrent_mode_needs_shared_preload_libraries() {
+    let cluster = Cluster::start("nopreload", &[], &[PRELOAD]);
+    let mut client = cluster.database_with_extension("biomero");
+    let application = "WorkflowTracker";
+    client
+        .execute(
+            "SELECT biomero.set_append_mode($1, 'concurrent')",
+            &[&application],
+        )
+        .unwrap();
+    client.query_one(APPEND, &[&application]).unwrap();
+    drop(client);
+
+    cluster.restart("fast", &[]);
+    let mut client = cluster.connect_when_ready("biomero");
+    let refused = client.query_one(APPEND, &[&application]).unwrap_err();
+    assert_eq!(
+        refused.code(),
+        Some(&SqlState::OBJECT_NOT_IN_PREREQUISITE_STATE),
+        "{refused}"
+    );
+    assert!(refused
+        .as_db_error()
+        .unwrap()
+        .message()
+        .contains("needs biomero_tracking in shared_preload_libraries"));
+    let error = client
+        .query_one("SELECT biomero.set_append_mode('Other', 'concurrent')", &[])
+        .unwrap_err();
+    assert_eq!(
+        error.code(),
+        Some(&SqlState::OBJECT_NOT_IN_PREREQUISITE_STATE)
+    );
+    // Back to serialized works without it, and appends go on above the committed ids.
+    client
+        .execute(
+            "SELECT biomero.set_append_mode($1, 'serialized')",
+            &[&application],
+        )
+        .unwrap();
+    let id: i64 = client.query_one(APPEND, &[&application]).unwrap().get(0);
+    assert_eq!(id, 2);
+}
+
+/// Writers appending concurrently until told to stop; returns the ids whose commit returned.
+fn load(
+    cluster: &Cluster,
+    application: &str,
+    writers: usize,
+    stop: Arc<AtomicBool>,
+) -> Vec<thread::JoinHandle<Vec<i64>>> {
+    (0..writers)
+        .map(|_| {
+            let (port, application, stop) = (cluster.port, application.to_string(), stop.clone());
+            thread::spawn(move || {
+                let connect = || {
+                    postgres::Config::new()
+                        .host("127.0.0.1")
+                        .port(port)
+                        .user("postgres")
+                        .dbname("biomero")
+                        .connect(postgres::NoTls)
+                };
+                let mut committed = Vec::new();
+                let mut rng = rand::thread_rng();
+                let Ok(mut client) = connect() else {
+                    return committed;
+                };
+                while !stop.load(Ordering::Relaxed) {
+                    let Ok(mut tx) = client.transaction() else {
+                        break;
+                    };
+                    let Ok(row) = tx.query_one(APPEND, &[&application]) else {
+                        break;
+                    };
+                    let id: i64 = row.get(0);
+                    thread::sleep(Duration::from_micros(rng.gen_range(0..2000)));
+                    if rng.gen_bool(0.1) {
+                        let _ = tx.rollback();
+                    } else if tx.commit().is_ok() {
+                        committed.push(id);
+                    } else {
+                        break;
+                    }
+                }
+                committed
+            })
+        })
+        .collect()
+}
+
+fn crash_keeps_every_commit(how: &str) {
+    let cluster = Cluster::start("crash", &[], &[PRELOAD]);
+    let mut client = cluster.database_with_extension("biomero");
+    let application = "WorkflowTracker";
+    client
+        .execute(
+            "SELECT biomero.set_append_mode($1, 'concurrent')",
+            &[&application],
+        )
+        .unwrap();
+    let stop = Arc::new(AtomicBool::new(false));
+    let writers = load(&cluster, application, 8, stop.clone());
+    thread::sleep(Duration::from_millis(1500));
+    match how {
+        "immediate stop" => {
+            let stopped = cluster.pg_ctl(&["-m", "immediate", "-w", "stop"]);
+            assert!(stopped.status.success(), "{stopped:?}");
+        }
+        _ => {
+            // SIGKILL of one writer: the postmaster restarts every process.
+            let victim: i32 = client
+                .query_one(
+                    "SELECT pid FROM pg_stat_activity WHERE datname = 'biomero' \
+                     AND state = 'active' AND pid <> pg_backend_pid() LIMIT 1",
+                    &[],
+                )
+                .map(|row| row.get(0))
+                .or_else(|_| {
+                    client
+                        .query_one(
+                            "SELECT pid FROM pg_stat_activity WHERE datname = 'biomero' \
+                             AND backend_type = 'client backend' AND pid <> pg_backend_pid() \
+                             LIMIT 1",
+                            &[],
+                        )
+                        .map(|row| row.get(0))
+                })
+                .unwrap();
+            let killed = std::process::Command::new("kill")
+                .args(["-9", &victim.to_string()])
+                .status()
+                .unwrap();
+            assert!(killed.success());
+        }
+    }
+    stop.store(true, Ordering::Relaxed);
+    let committed: BTreeSet<i64> = writers
+        .into_iter()
+        .flat_map(|writer| writer.join().unwrap())
+        .collect();
+    if how == "immediate stop" {
+        cluster.start_again(&[PRELOAD]);
+    }
+    let mut client = cluster.connect_when_ready("biomero");
+    let stored: BTreeSet<i64> = ids(&mut client, application).into_iter().collect();
+    let lost: Vec<_> = committed.difference(&stored).collect();
+    assert!(lost.is_empty(), "{how}: committed ids lost: {lost:?}");
+    let max = stored.iter().max().copied().unwrap_or(0);
+    // The counter continues above everything committed, and readers read everything.
+    let next: i64 = client.query_one(APPEND, &[&application]).unwrap().get(0);
+    assert!(next > max, "{how}: id {next} reused (max committed {max})");
+    let read: BTreeSet<i64> = read_all(&mut client, application).into_iter().collect();
+    let expected: BTreeSet<i64> = stored.iter().copied().chain([next]).collect();
+    assert_eq!(read, expected, "{how}: the horizon did not recover");
+    eprintln!(
+        "{how}: {} ids committed before the crash, all kept; next id {next} above {max}",
+        committed.len()
+    );
+}
+
+#[test]
+fn an_immediate_stop_under_concurrent_load_loses_nothing_committed() {
+    crash_keeps_every_commit("immediate stop");
+}
+
+#[test]
+fn a_sigkilled_writer_under_concurrent_load_loses_nothing_committed() {
+    crash_keeps_every_commit("SIGKILL");
+}
+
+#[test]
+fn readers_on_a_hot_standby_never_skip_and_a_promoted_standby_continues() {
+    let primary = Cluster::start("primary", &[], &[PRELOAD]);
+    let mut client = primary.database_with_extension("biomero");
+    let application = "WorkflowTracker";
+    client
+        .execute(
+            "SELECT biomero.set_append_mode($1, 'concurrent')",
+            &[&application],
+        )
+        .unwrap();
+    client.query_one(APPEND, &[&application]).unwrap();
+    let replica = Cluster::replica_of(&primary, &[PRELOAD]);
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let writers = load(&primary, application, 8, stop.clone());
+    let done = Arc::new(AtomicBool::new(false));
+    let target = Arc::new(Mutex::new(None::<BTreeSet<i64>>));
+    let readers: Vec<_> = [
+        IsolationLevel::ReadCommitted,
+        IsolationLevel::RepeatableRead,
+    ]
+    .into_iter()
+    .map(|isolation| {
+        let (port, done, target) = (replica.port, done.clone(), target.clone());
+        thread::spawn(move || {
+            let mut client = postgres::Config::new()
+                .host("127.0.0.1")
+                .port(port)
+                .user("postgres")
+                .dbname("biomero")
+                .connect(postgres::NoTls)
+                .unwrap();
+            let mut seen = Vec::new();
+            let mut last = 0i64;
+            let deadline = Instant::now() + Duration::from_secs(120);
+            loop {
+                let mut tx = client
+                    .build_transaction()
+                    .isolation_level(isolation)
+                    .start()
+                    .unwrap();
+                let rows: Vec<i64> = tx
+                    .query(PAGE, &[&application, &last])
+                    .unwrap()
+                    .iter()
+                    .map(|row| row.get(0))
+                    .collect();
+                tx.commit().unwrap();
+                if let Some(&end) = rows.last() {
+                    last = end;
+                }
+                seen.extend(rows);
+                if done.load(Ordering::Relaxed) {
+                    let target = target.lock().unwrap().clone().unwrap();
+                    let have: BTreeSet<i64> = seen.iter().copied().collect();
+                    if target.is_subset(&have) || Instant::now() > deadline {
+                        break;
+                    }
+                }
+                thread::sleep(Duration::from_millis(5));
+            }
+            seen
+        })
+    })
+    .collect();
+    thread::sleep(Duration::from_secs(4));
+    stop.store(true, Ordering::Relaxed);
+    let mut committed: BTreeSet<i64> = writers
+        .into_iter()
+        .flat_map(|writer| writer.join().unwrap())
+        .collect();
+    committed.insert(1);
+    *target.lock().unwrap() = Some(committed.clone());
+    done.store(true, Ordering::Relaxed);
+    for reader in readers {
+        let seen = reader.join().unwrap();
+        assert!(
+            seen.windows(2).all(|pair| pair[0] < pair[1]),
+            "a standby reader saw ids out of order or twice"
+        );
+        let seen: BTreeSet<i64> = seen.into_iter().collect();
+        let missed: Vec<_> = committed.difference(&seen).collect();
+        assert!(missed.is_empty(), "a standby reader skipped {missed:?}");
+        eprintln!(
+            "standby reader: {} committed ids, each seen once in order",
+            committed.len()
+        );
+    }
+
+    // Promotion: the former standby appends above everything committed and reads it all.
+    let promoted = replica.pg_ctl(&["-w", "promote"]);
+    assert!(promoted.status.success(), "{promoted:?}");
+    let mut client = replica.connect_when_ready("biomero");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while client
+        .query_one("SELECT pg_is_in_recovery()", &[])
+        .unwrap()
+        .get::<_, bool>(0)
+    {
+        assert!(Instant::now() < deadline, "promotion did not finish");
+        thread::sleep(Duration::from_millis(50));
+    }
+    let max = ids(&mut client, application).into_iter().max().unwrap();
+    let next: i64 = client.query_one(APPEND, &[&application]).unwrap().get(0);
+    assert!(next > max);
+    let page: Vec<i64> = client
+        .query(PAGE, &[&application, &(max - 1)])
+        .unwrap()
+        .iter()
+        .map(|row| row.get(0))
+        .collect();
+    assert_eq!(page, vec![max, next]);
+}
