@@ -1,0 +1,40 @@
+#!/usr/bin/env bash
+# Runs the single-session regression tests (tests/pg_regress: sql/*.sql with the output they
+# must give in expected/*.out) with PostgreSQL's pg_regress against a throwaway cluster with
+# biomero_tracking installed (scripts/install.sh), and fails when a test has no expected output.
+#   scripts/test-regress.sh [TEST...]
+# (cargo pgrx regress runs the same files; as root it cannot, because it starts its server as
+# the calling user.)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+root=$PWD
+PG_MAJOR=${PG_MAJOR:-15}
+pg_config=${PG_CONFIG:-/usr/lib/postgresql/$PG_MAJOR/bin/pg_config}
+pg_regress="$("$pg_config" --pkglibdir)/pgxs/src/test/regress/pg_regress"
+
+tests=()
+for sql in tests/pg_regress/sql/*.sql; do
+    name=$(basename "$sql" .sql)
+    if [ ! -f "tests/pg_regress/expected/$name.out" ]; then
+        echo "test-regress: $sql has no expected output (tests/pg_regress/expected/$name.out)" >&2
+        exit 1
+    fi
+    tests+=("$name")
+done
+if (($#)); then
+    tests=("$@")
+fi
+
+dir=/var/tmp/biomero-regress-$$
+out=$dir/out
+trap 'bash "$root/scripts/cluster.sh" stop "$dir"' EXIT
+url=$(bash scripts/cluster.sh start "$dir")
+port=$(cat "$dir/port")
+install -d "$out"
+echo "[test-regress] cluster at $url"
+"$pg_regress" --bindir="$("$pg_config" --bindir)" --host=127.0.0.1 --port="$port" \
+    --user=postgres --dbname=biomero_regress --load-extension=biomero_tracking \
+    --inputdir=tests/pg_regress --outputdir="$out" "${tests[@]}" || {
+    cat "$out/regression.diffs" >&2
+    exit 1
+}

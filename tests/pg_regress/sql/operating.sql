@@ -1,0 +1,51 @@
+-- Operating: the views, the summary, append modes, restrictions, and what every function
+-- pins.
+\set SHOW_CONTEXT never
+
+SELECT biomero.record_events('Operated', ARRAY[gen_random_uuid(), gen_random_uuid(),
+         gen_random_uuid()], ARRAY[0, 0, 0], ARRAY['t', 't', 't'],
+         ARRAY['\x00', '\x00', '\x00']::bytea[]);
+SELECT biomero.record_tracking('OperatedFollower', 'Operated', 1);
+
+-- Per application (followers too): mode, head, horizon, events, restriction.
+SELECT * FROM biomero.applications
+WHERE application_name IN ('Operated', 'OperatedFollower') ORDER BY application_name;
+SELECT * FROM biomero.followers WHERE application_name = 'OperatedFollower';
+SELECT jsonb_pretty(jsonb_path_query_first(biomero.summary(),
+    '$.followers[*] ? (@.application_name == "OperatedFollower")'));
+
+-- Concurrent mode (with the library in shared_preload_libraries): writers never wait for each
+-- other; readers read up to the horizon. The previous mode is returned.
+SELECT biomero.set_append_mode('Operated', 'concurrent');
+SELECT biomero.record_event('Operated', gen_random_uuid(), 0, 't', '');
+SELECT notification_id FROM biomero.select_notifications('Operated', 3, 10);
+SELECT application_name, append_mode, head_notification_id, horizon
+FROM biomero.applications WHERE application_name = 'Operated';
+SELECT count(*) AS in_flight FROM biomero.appends_in_flight WHERE application_name = 'Operated';
+SELECT biomero.set_append_mode('Operated', 'serialized');
+SELECT biomero.record_event('Operated', gen_random_uuid(), 0, 't', '');
+SELECT biomero.set_append_mode('Operated', 'fast');
+
+-- Restricting an application to a role: its non-members may not append, record positions or
+-- claim as it.
+CREATE ROLE regress_trackers;
+CREATE ROLE regress_outsider;
+GRANT USAGE ON SCHEMA biomero TO regress_outsider;
+GRANT EXECUTE ON FUNCTION biomero.record_event TO regress_outsider;
+SELECT biomero.restrict_application('Operated', 'regress_trackers');
+SET ROLE regress_outsider;
+SELECT biomero.record_event('Operated', gen_random_uuid(), 0, 't', '');
+RESET ROLE;
+SELECT biomero.restrict_application('Operated', NULL);
+DROP OWNED BY regress_outsider;
+DROP ROLE regress_outsider;
+DROP ROLE regress_trackers;
+
+-- Every function pins its search_path; nothing is granted to PUBLIC but the read helpers.
+SELECT count(*) AS unpinned FROM pg_proc
+WHERE pronamespace = 'biomero'::regnamespace
+  AND NOT coalesce(proconfig, '{}') @> ARRAY['search_path=pg_catalog, pg_temp'];
+SELECT p.oid::regprocedure AS granted_to_public
+FROM pg_proc AS p, aclexplode(p.proacl) AS a
+WHERE p.pronamespace = 'biomero'::regnamespace AND a.grantee = 0
+ORDER BY 1;
