@@ -12,13 +12,6 @@ use std::time::Duration;
 
 const APPEND: &str = "SELECT biomero.record_event($1, gen_random_uuid(), 0, 't', '')";
 
-fn message(error: &postgres::Error) -> String {
-    error
-        .as_db_error()
-        .map(|db| db.message().to_string())
-        .unwrap_or_else(|| error.to_string())
-}
-
 #[test]
 fn a_claim_never_returns_a_position_older_than_the_latest_committed() {
     for isolation in [IsolationLevel::RepeatableRead, IsolationLevel::Serializable] {
@@ -55,7 +48,7 @@ fn a_claim_never_returns_a_position_older_than_the_latest_committed() {
             Some(&SqlState::T_R_SERIALIZATION_FAILURE),
             "{isolation:?}: {error}"
         );
-        assert!(message(&error).ends_with("retry the transaction"));
+        assert!(db_message(&error).ends_with("retry the transaction"));
         drop(late);
         // Retried, it starts from the latest position; READ COMMITTED always does.
         let mut retried = b
@@ -322,7 +315,7 @@ fn only_utf8_databases_take_the_extension() {
             "{error}"
         );
         assert_eq!(
-            message(&error),
+            db_message(&error),
             format!(
                 "biomero_tracking needs a UTF8 database; database \"{database}\" uses {encoding}"
             )
@@ -363,7 +356,7 @@ fn only_utf8_databases_take_the_extension() {
             "{call}"
         );
         assert_eq!(
-            message(&error),
+            db_message(&error),
             "application_name is 256 characters long; the limit is 255"
         );
     }
@@ -394,7 +387,7 @@ fn the_last_notification_id_is_a_clear_error() {
             "{error}"
         );
         assert_eq!(
-            message(&error),
+            db_message(&error),
             format!(
                 "application \"{application}\" has no notification ids left: the next would \
                  exceed 9223372036854775807"

@@ -136,13 +136,6 @@ fn kill_and_wait(pid: i32, how: Kill, witness: Option<i32>) {
     }
 }
 
-fn db_message(error: &postgres::Error) -> String {
-    error
-        .as_db_error()
-        .map(|e| e.message().to_string())
-        .unwrap_or_else(|| error.to_string())
-}
-
 /// Errors a session may see when its backend or the server goes away under it.
 fn is_connection_loss(error: &postgres::Error) -> bool {
     error.is_closed()

@@ -185,13 +185,7 @@ fn run(way: Way, isolation: IsolationLevel) -> Outcome {
                         {
                             *retries.lock().unwrap() += 1
                         }
-                        Err(error) => errors.lock().unwrap().push(format!(
-                            "{}: {}",
-                            error.code().map_or("-", |code| code.code()),
-                            error
-                                .as_db_error()
-                                .map_or(error.to_string(), |e| e.message().into())
-                        )),
+                        Err(error) => errors.lock().unwrap().push(describe(&error)),
                     }
                     assert!(
                         Instant::now() < deadline,

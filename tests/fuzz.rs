@@ -349,7 +349,7 @@ impl Fuzz {
                         format!(
                             "{function}: raised {} {:?} where the documented error is one of {}",
                             code.map_or("(no SQLSTATE)", SqlState::code),
-                            error.as_db_error().map_or("", |e| e.message()),
+                            db_message(&error),
                             documented.join(", ")
                         ),
                         arguments(),
@@ -376,7 +376,7 @@ impl Fuzz {
                     format!(
                         "{function}: documented to succeed, got {:?} {}",
                         error.code().map(SqlState::code),
-                        error.as_db_error().map_or("", |e| e.message())
+                        db_message(&error)
                     ),
                     arguments(),
                 );
@@ -1278,7 +1278,7 @@ fn fuzz_null_topic_element_in_select_notifications_raises_22004() {
             error.code(),
             Some(&SqlState::NULL_VALUE_NOT_ALLOWED),
             "{call}: {}",
-            error.as_db_error().map_or("", |e| e.message())
+            db_message(&error)
         );
     }
 }

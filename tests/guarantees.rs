@@ -28,13 +28,6 @@ fn register(client: &mut Client, application: &str) {
         .unwrap();
 }
 
-fn db_message(error: &postgres::Error) -> String {
-    error
-        .as_db_error()
-        .map(|e| e.message().to_string())
-        .unwrap_or_else(|| error.to_string())
-}
-
 #[test]
 fn appends_to_different_applications_never_wait_for_each_other() {
     let (busy, free) = (unique_name("Busy"), unique_name("Free"));

@@ -66,16 +66,6 @@ fn env_number(name: &str, default: u64) -> u64 {
         .unwrap_or(default)
 }
 
-fn describe(error: &postgres::Error) -> String {
-    format!(
-        "{}: {}",
-        error.code().map_or("-", |code| code.code()),
-        error
-            .as_db_error()
-            .map_or(error.to_string(), |e| e.message().to_string())
-    )
-}
-
 /// One follower step in the README's recipe; returns how many notifications it processed,
 /// or None when the claim was busy (`wait => false`).
 fn follow(

@@ -48,6 +48,24 @@ pub fn is_serialization_failure(error: &postgres::Error) -> bool {
     error.code() == Some(&SqlState::T_R_SERIALIZATION_FAILURE)
 }
 
+/// The server's message of a database error, or the whole error when there is none (a broken
+/// connection, say).
+pub fn db_message(error: &postgres::Error) -> String {
+    error
+        .as_db_error()
+        .map(|db| db.message().to_string())
+        .unwrap_or_else(|| error.to_string())
+}
+
+/// An error as `SQLSTATE: message` (`-` for no SQLSTATE), for lists of unexpected errors.
+pub fn describe(error: &postgres::Error) -> String {
+    format!(
+        "{}: {}",
+        error.code().map_or("-", |code| code.code()),
+        db_message(error)
+    )
+}
+
 /// The notification ids of `application`, in id order.
 pub fn stored_ids(client: &mut Client, application: &str) -> Vec<i64> {
     client
