@@ -171,15 +171,7 @@ impl Fuzz {
 
     /// A new UUID from the seeded generator, so a seed replays the same calls.
     fn fresh_uuid(&mut self) -> String {
-        let hex = format!("{:032x}", self.rng.gen::<u128>());
-        format!(
-            "{}-{}-{}-{}-{}",
-            &hex[0..8],
-            &hex[8..12],
-            &hex[12..16],
-            &hex[16..20],
-            &hex[20..32]
-        )
+        uuid_text(self.rng.gen())
     }
 
     fn uuid(&mut self) -> Option<String> {

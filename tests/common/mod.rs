@@ -82,7 +82,11 @@ pub fn stored_ids(client: &mut Client, application: &str) -> Vec<i64> {
 
 /// A random UUID in text form; tests pass it as `$n::text::uuid`.
 pub fn random_uuid() -> String {
-    let bits: u128 = rand::random();
+    uuid_text(rand::random())
+}
+
+/// 128 bits as a UUID in text form (the fuzz test draws them from its seeded generator).
+pub fn uuid_text(bits: u128) -> String {
     let hex = format!("{bits:032x}");
     format!(
         "{}-{}-{}-{}-{}",
