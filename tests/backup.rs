@@ -289,7 +289,7 @@ fn backup_pg_dump_and_restore_keep_every_event_and_position() {
         format!("backup_plain_{id}"),
     );
     recreate_database(&mut admin, &source);
-    let mut client = try_connect_to(&source).unwrap();
+    let mut client = connect_to(&source);
     client
         .batch_execute("CREATE EXTENSION biomero_tracking")
         .unwrap();
@@ -357,7 +357,7 @@ fn backup_pg_dump_and_restore_keep_every_event_and_position() {
         (&custom, "pg_dump -Fc | pg_restore"),
         (&plain, "pg_dump -Fp | psql"),
     ] {
-        let mut target = try_connect_to(database).unwrap();
+        let mut target = connect_to(database);
         check_restored(
             &mut target,
             &source_events,

@@ -36,18 +36,16 @@ fn serial() -> MutexGuard<'static, ()> {
 
 const READY: Duration = Duration::from_secs(60);
 
-/// A session whose lock waits end after 30 s: a lock left held by a killed session makes the
-/// test fail instead of hang.
-fn session() -> Client {
-    let mut client = connect();
-    client.batch_execute("SET lock_timeout = '30s'").unwrap();
-    client
-}
+/// How long the sessions of these tests wait for a lock: one left held by a killed session
+/// makes the test fail instead of hang.
+const LOCK_TIMEOUT: &str = "30s";
 
-/// A session as `session()`, or None while the server is not accepting sessions.
+/// A session as `session(LOCK_TIMEOUT)`, or None while the server is not accepting sessions.
 fn try_session() -> Option<Client> {
     let mut client = try_connect_to(pgrx_tests::get_pg_dbname()).ok()?;
-    client.batch_execute("SET lock_timeout = '30s'").ok()?;
+    client
+        .batch_execute(&format!("SET lock_timeout = '{LOCK_TIMEOUT}'"))
+        .ok()?;
     Some(client)
 }
 
@@ -476,7 +474,7 @@ fn interrupted(how: Kill, victim: Victim) {
     let append_waiter = {
         let (batch, pids) = (append_batch.clone(), pids.clone());
         thread::spawn(move || {
-            let mut client = session();
+            let mut client = session(LOCK_TIMEOUT);
             pids.send(("append", backend_pid(&mut client))).unwrap();
             batch.append(&mut client)
         })
@@ -484,7 +482,7 @@ fn interrupted(how: Kill, victim: Victim) {
     let claim_waiter = {
         let (follower, upstream) = (follower.clone(), upstream.clone());
         thread::spawn(move || {
-            let mut client = session();
+            let mut client = session(LOCK_TIMEOUT);
             pids.send(("claim", backend_pid(&mut client))).unwrap();
             client.batch_execute("BEGIN")?;
             let position: i64 = client

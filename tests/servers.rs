@@ -96,17 +96,9 @@ fn load(
         .map(|_| {
             let (port, application, stop) = (cluster.port, application.to_string(), stop.clone());
             thread::spawn(move || {
-                let connect = || {
-                    postgres::Config::new()
-                        .host("127.0.0.1")
-                        .port(port)
-                        .user("postgres")
-                        .dbname("biomero")
-                        .connect(postgres::NoTls)
-                };
                 let mut committed = Vec::new();
                 let mut rng = rand::thread_rng();
-                let Ok(mut client) = connect() else {
+                let Ok(mut client) = try_connect_to_cluster(port, "biomero") else {
                     return committed;
                 };
                 while !stop.load(Ordering::Relaxed) {
@@ -238,13 +230,7 @@ fn readers_on_a_hot_standby_never_skip_and_a_promoted_standby_continues() {
     .map(|isolation| {
         let (port, done, target) = (replica.port, done.clone(), target.clone());
         thread::spawn(move || {
-            let mut client = postgres::Config::new()
-                .host("127.0.0.1")
-                .port(port)
-                .user("postgres")
-                .dbname("biomero")
-                .connect(postgres::NoTls)
-                .unwrap();
+            let mut client = try_connect_to_cluster(port, "biomero").unwrap();
             let mut seen = Vec::new();
             let mut last = 0i64;
             let deadline = Instant::now() + Duration::from_secs(120);

@@ -195,9 +195,8 @@ fn soak_64_sessions_of_writers_and_competing_followers() {
             let (transactions, rollbacks, pids) =
                 (transactions.clone(), rollbacks.clone(), pids.clone());
             thread::spawn(move || {
-                let mut client = connect();
                 // A lock that stays held fails the run instead of hanging it.
-                client.batch_execute("SET lock_timeout = '60s'").unwrap();
+                let mut client = session("60s");
                 pids.lock().unwrap().push(backend_pid(&mut client));
                 let mut rng = rand::thread_rng();
                 let aggregate = random_uuid();
@@ -250,8 +249,8 @@ fn soak_64_sessions_of_writers_and_competing_followers() {
     let processed: Arc<Vec<AtomicUsize>> =
         Arc::new(FOLLOWERS.iter().map(|_| AtomicUsize::new(0)).collect());
     let follower_threads: Vec<_> = (0..follower_sessions)
-        .map(|session| {
-            let which = session % FOLLOWERS.len();
+        .map(|process| {
+            let which = process % FOLLOWERS.len();
             let follower = FOLLOWERS[which];
             let (stop, unexpected, busy, processed, pids, run) = (
                 stop_following.clone(),
@@ -262,13 +261,12 @@ fn soak_64_sessions_of_writers_and_competing_followers() {
                 run.clone(),
             );
             thread::spawn(move || {
-                let mut client = connect();
                 // A lock that stays held fails the run instead of hanging it.
-                client.batch_execute("SET lock_timeout = '60s'").unwrap();
+                let mut client = session("60s");
                 pids.lock().unwrap().push(backend_pid(&mut client));
                 let mut rng = rand::thread_rng();
                 while !stop.load(Ordering::SeqCst) {
-                    match follow(&mut client, &run, follower, session as i32) {
+                    match follow(&mut client, &run, follower, process as i32) {
                         Ok(Some(0)) => thread::sleep(Duration::from_millis(10)),
                         Ok(Some(count)) => {
                             processed[which].fetch_add(count, Ordering::Relaxed);

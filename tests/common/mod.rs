@@ -23,6 +23,16 @@ pub fn connect() -> Client {
     client
 }
 
+/// A new session whose lock waits end after `lock_timeout`: a lock left held then fails the
+/// test instead of hanging it.
+pub fn session(lock_timeout: &str) -> Client {
+    let mut client = connect();
+    client
+        .batch_execute(&format!("SET lock_timeout = '{lock_timeout}'"))
+        .unwrap();
+    client
+}
+
 /// A name no other test in this run uses, so tests sharing the server never see each
 /// other's rows (their data commits).
 pub fn unique_name(prefix: &str) -> String {
@@ -104,18 +114,7 @@ pub fn count(client: &mut Client, query: &str) -> i64 {
 
 /// A session to another database of the test server (created by the caller).
 pub fn connect_to(database: &str) -> Client {
-    let mut client = connect();
-    let port: String = client.query_one("SHOW port", &[]).unwrap().get(0);
-    let user: String = client
-        .query_one("SELECT current_user::text", &[])
-        .unwrap()
-        .get(0);
-    postgres::Config::new()
-        .host("localhost")
-        .port(port.parse().unwrap())
-        .user(&user)
-        .dbname(database)
-        .connect(postgres::NoTls)
+    try_connect_to(database)
         .unwrap_or_else(|error| panic!("connect to database {database}: {error}"))
 }
 
@@ -197,20 +196,30 @@ pub fn try_connect_to(database: &str) -> Result<Client, postgres::Error> {
     Ok(client)
 }
 
-/// A new session to the tests' database, retrying while the server restarts or recovers
-/// (connection refused, 57P03 "the database system is starting up / in recovery mode").
+/// A new session to the tests' database, retrying while the server restarts or recovers.
 pub fn connect_when_ready(timeout: std::time::Duration) -> Client {
-    let database = pgrx_tests::get_pg_dbname();
     test_server();
+    retry_connect("the test server", timeout, || {
+        try_connect_to(pgrx_tests::get_pg_dbname())
+    })
+}
+
+/// A session from `connect`, retried every 50 ms for up to `timeout` while `server` does not
+/// accept sessions: it starts, restarts or recovers from a crash (connection refused, 57P03
+/// "the database system is starting up / in recovery mode").
+pub fn retry_connect(
+    server: &str,
+    timeout: std::time::Duration,
+    connect: impl Fn() -> Result<Client, postgres::Error>,
+) -> Client {
     let deadline = std::time::Instant::now() + timeout;
     loop {
-        match try_connect_to(database) {
+        match connect() {
             Ok(client) => return client,
-            Err(error) if std::time::Instant::now() < deadline => {
-                let _ = error;
-                std::thread::sleep(std::time::Duration::from_millis(50));
+            Err(_) if std::time::Instant::now() < deadline => {
+                std::thread::sleep(std::time::Duration::from_millis(50))
             }
-            Err(error) => panic!("the server did not accept sessions within {timeout:?}: {error}"),
+            Err(error) => panic!("{server} did not accept sessions within {timeout:?}: {error}"),
         }
     }
 }
@@ -375,6 +384,18 @@ pub struct Cluster {
     pub port: u16,
 }
 
+/// A session to `database` of the cluster on `port` (for threads, which take the port along
+/// rather than the cluster).
+pub fn try_connect_to_cluster(port: u16, database: &str) -> Result<Client, postgres::Error> {
+    postgres::Config::new()
+        .host("127.0.0.1")
+        .port(port)
+        .user("postgres")
+        .dbname(database)
+        .connect_timeout(std::time::Duration::from_secs(5))
+        .connect(postgres::NoTls)
+}
+
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
@@ -482,13 +503,7 @@ impl Cluster {
     }
 
     pub fn try_connect(&self, database: &str) -> Result<Client, postgres::Error> {
-        postgres::Config::new()
-            .host("127.0.0.1")
-            .port(self.port)
-            .user("postgres")
-            .dbname(database)
-            .connect_timeout(std::time::Duration::from_secs(5))
-            .connect(postgres::NoTls)
+        try_connect_to_cluster(self.port, database)
     }
 
     pub fn connect(&self, database: &str) -> Client {
@@ -498,16 +513,11 @@ impl Cluster {
 
     /// A session, retrying while the server starts, recovers or restarts.
     pub fn connect_when_ready(&self, database: &str) -> Client {
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
-        loop {
-            match self.try_connect(database) {
-                Ok(client) => return client,
-                Err(error) if std::time::Instant::now() > deadline => {
-                    panic!("port {} did not accept sessions: {error}", self.port)
-                }
-                Err(_) => std::thread::sleep(std::time::Duration::from_millis(50)),
-            }
-        }
+        retry_connect(
+            &format!("the cluster on port {}", self.port),
+            std::time::Duration::from_secs(60),
+            || self.try_connect(database),
+        )
     }
 
     /// A database with the extension created in it.
