@@ -122,8 +122,7 @@ fn kill_and_wait(pid: i32, how: Kill, witness: Option<i32>) {
             );
         }
         Kill::Sigkill => {
-            let output = run_as_server_owner("kill", &["-KILL", &pid.to_string()]);
-            assert!(output.status.success(), "kill -9 {pid}: {output:?}");
+            must_run_as_server_owner("kill", &["-KILL", &pid.to_string()]);
             wait_for_exit(pid);
             if let Some(witness) = witness {
                 wait_for_exit(witness);
@@ -1092,7 +1091,7 @@ fn load_with_fault(fault: LoadFault) {
     match fault {
         LoadFault::ImmediateRestart => {
             let data = test_server().data_directory;
-            let output = run_as_server_owner(
+            must_run_as_server_owner(
                 &format!("{}/pg_ctl", pg_bin()),
                 &[
                     "restart",
@@ -1106,11 +1105,6 @@ fn load_with_fault(fault: LoadFault) {
                     "-l",
                     &format!("{data}/restart.log"),
                 ],
-            );
-            assert!(
-                output.status.success(),
-                "pg_ctl restart: {}",
-                String::from_utf8_lossy(&output.stderr)
             );
         }
         LoadFault::SigkillWriter => {

@@ -183,6 +183,17 @@ pub fn run_as_server_owner(program: &str, args: &[&str]) -> std::process::Output
         .unwrap_or_else(|error| panic!("cannot run {program}: {error}"))
 }
 
+/// Runs a program as `run_as_server_owner` does and fails the test when it fails.
+pub fn must_run_as_server_owner(program: &str, args: &[&str]) {
+    let output = run_as_server_owner(program, args);
+    assert!(
+        output.status.success(),
+        "{program} {args:?}: {}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
 /// A new session to `database` on the test server, or the error.
 pub fn try_connect_to(database: &str) -> Result<Client, postgres::Error> {
     let mut client = postgres::Config::new()
@@ -404,16 +415,6 @@ fn free_port() -> u16 {
         .port()
 }
 
-fn must_run_as_server_owner(program: &str, args: &[&str]) {
-    let output = run_as_server_owner(program, args);
-    assert!(
-        output.status.success(),
-        "{program} {args:?}: {}{}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    );
-}
-
 impl Cluster {
     /// A new cluster (initdb with `initdb_args`) started with `settings` (`name=value`).
     pub fn start(name: &str, initdb_args: &[&str], settings: &[&str]) -> Cluster {
@@ -484,10 +485,11 @@ impl Cluster {
         );
     }
 
-    pub fn pg_ctl(&self, args: &[&str]) -> std::process::Output {
+    /// Runs pg_ctl on this cluster with `args`, which must succeed.
+    pub fn pg_ctl(&self, args: &[&str]) {
         let mut all = vec!["-D", self.data.as_str()];
         all.extend_from_slice(args);
-        run_as_server_owner(&format!("{}/pg_ctl", pg_bin()), &all)
+        must_run_as_server_owner(&format!("{}/pg_ctl", pg_bin()), &all);
     }
 
     /// Starts a stopped (or crashed) cluster again with `settings`.
@@ -497,8 +499,7 @@ impl Cluster {
 
     /// Stops with `mode` (fast, immediate) and starts again with `settings`.
     pub fn restart(&self, mode: &str, settings: &[&str]) {
-        let stopped = self.pg_ctl(&["-m", mode, "-w", "stop"]);
-        assert!(stopped.status.success(), "{stopped:?}");
+        self.pg_ctl(&["-m", mode, "-w", "stop"]);
         self.launch(settings);
     }
 
@@ -535,7 +536,11 @@ impl Cluster {
 
 impl Drop for Cluster {
     fn drop(&mut self) {
-        let _ = self.pg_ctl(&["-m", "immediate", "-w", "stop"]);
+        let pg_ctl = format!("{}/pg_ctl", pg_bin());
+        let _ = run_as_server_owner(
+            &pg_ctl,
+            &["-D", &self.data, "-m", "immediate", "-w", "stop"],
+        );
         let _ = run_as_server_owner("rm", &["-rf", &self.data]);
     }
 }
