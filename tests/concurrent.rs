@@ -5,8 +5,11 @@
 //! crashes, PREPARE, standbys, and the wake-ups of the horizon publisher.
 
 mod common;
+#[path = "common/follower.rs"]
+mod follower;
 
 use common::*;
+use follower::FollowerStep;
 use postgres::error::SqlState;
 use postgres::fallible_iterator::FallibleIterator;
 use postgres::{Client, IsolationLevel};
@@ -18,8 +21,6 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 const APPEND: &str = "SELECT biomero.record_event($1, gen_random_uuid(), 0, 't', '')";
-const PAGE: &str = "SELECT notification_id FROM biomero.select_notifications($1, $2, $3, \
-                    inclusive_of_start => false)";
 
 fn set_mode(client: &mut Client, application: &str, mode: &str) {
     client
@@ -415,38 +416,27 @@ fn hunt(plan: Plan, seconds: u64, raw_readers: bool) -> Hunt {
 
     let followers: Vec<_> = (0..3)
         .map(|_| {
-            let (application, follower, writers_done, errors) = (
-                application.clone(),
-                follower.clone(),
-                writers_done.clone(),
-                errors.clone(),
-            );
+            let (application, follower, writers_done) =
+                (application.clone(), follower.clone(), writers_done.clone());
             thread::spawn(move || {
                 let mut client = connect();
+                let step = FollowerStep {
+                    follower: &follower,
+                    upstream: &application,
+                    max: 10,
+                    wait: true,
+                    isolation: IsolationLevel::ReadCommitted,
+                    read_model: None,
+                    emit: None,
+                };
                 let mut processed = Vec::new();
                 loop {
                     let finishing = writers_done.load(Ordering::Relaxed);
-                    let mut tx = client.transaction().unwrap();
-                    let position: i64 = tx
-                        .query_one("SELECT biomero.claim($1, $2)", &[&follower, &application])
-                        .unwrap()
-                        .get(0);
-                    let rows: Vec<i64> = tx
-                        .query(PAGE, &[&application, &position, &10i64])
-                        .unwrap()
-                        .iter()
-                        .map(|row| row.get(0))
-                        .collect();
-                    if let Some(&end) = rows.last() {
-                        if let Err(error) = tx.execute(
-                            "SELECT biomero.record_tracking($1, $2, $3)",
-                            &[&follower, &application, &end],
-                        ) {
-                            errors.lock().unwrap().push(format!("follower: {error}"));
-                            continue;
-                        }
-                    }
-                    tx.commit().unwrap();
+                    // Any error of a follower fails the hunt at once.
+                    let rows = step
+                        .run(&mut client)
+                        .unwrap_or_else(|error| panic!("follower: {error}"))
+                        .expect("a step that waits takes the claim");
                     processed.extend(rows.iter().copied());
                     if rows.is_empty() {
                         if finishing {

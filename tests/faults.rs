@@ -10,10 +10,13 @@
 //! sessions, waiting for the server to accept them again.
 
 mod common;
+#[path = "common/follower.rs"]
+mod follower;
 
 use common::*;
+use follower::FollowerStep;
 use postgres::error::SqlState;
-use postgres::Client;
+use postgres::{Client, IsolationLevel};
 use rand::Rng;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicI32, AtomicUsize, Ordering};
@@ -271,62 +274,32 @@ fn check_attempts(client: &mut Client, applications: &[String], attempts: &[Atte
     tally
 }
 
+/// The topic of the events the followers of these tests commit with their position, one per
+/// notification processed, whose state is the upstream id (`check_follower` reads them).
+const PROCESSED: &str = "biomero.test:Processed";
+
 /// One step of a follower: claim, read up to `max` notifications after the position, and
-/// commit one event per notification (its state is the upstream id) together with the new
-/// position. Returns how many notifications it processed.
+/// commit one `PROCESSED` event per notification together with the new position. Returns how
+/// many notifications it processed.
 fn follower_step(
     client: &mut Client,
     follower: &str,
     upstream: &str,
     max: i64,
 ) -> Result<usize, postgres::Error> {
-    client.batch_execute("BEGIN")?;
-    let step = (|| {
-        let position: i64 = client
-            .query_one("SELECT biomero.claim($1, $2)", &[&follower, &upstream])?
-            .get(0);
-        let ids: Vec<i64> = client
-            .query(
-                "SELECT notification_id FROM biomero.select_notifications($1, $2, $3, \
-                 inclusive_of_start => false)",
-                &[&upstream, &position, &max],
-            )?
-            .iter()
-            .map(|row| row.get(0))
-            .collect();
-        if let Some(last) = ids.last() {
-            let aggregates: Vec<String> = ids.iter().map(|_| random_uuid()).collect();
-            let versions = vec![0i64; ids.len()];
-            let topics = vec!["biomero.test:Processed".to_string(); ids.len()];
-            let states: Vec<Vec<u8>> = ids.iter().map(|id| id.to_string().into_bytes()).collect();
-            let recorded: Option<Vec<i64>> = client
-                .query_one(
-                    "SELECT biomero.record_events($1, $2::text[]::uuid[], $3, $4, $5, $6, $7)",
-                    &[
-                        &follower,
-                        &aggregates,
-                        &versions,
-                        &topics,
-                        &states,
-                        &upstream,
-                        last,
-                    ],
-                )?
-                .get(0);
-            assert!(
-                recorded.is_some(),
-                "a claimed follower's position must advance"
-            );
-        }
-        Ok(ids.len())
-    })();
-    match step {
-        Ok(processed) => client.batch_execute("COMMIT").map(|_| processed),
-        Err(error) => {
-            let _ = client.batch_execute("ROLLBACK");
-            Err(error)
-        }
-    }
+    let step = FollowerStep {
+        follower,
+        upstream,
+        max,
+        wait: true,
+        isolation: IsolationLevel::ReadCommitted,
+        read_model: None,
+        emit: Some(PROCESSED),
+    };
+    let processed = step
+        .run(client)?
+        .expect("a step that waits takes the claim");
+    Ok(processed.len())
 }
 
 /// The follower's log and position agree: it holds one processed event for each upstream id
@@ -343,9 +316,8 @@ fn check_follower(client: &mut Client, follower: &str, upstream: &str) -> i64 {
     let processed: Vec<i64> = client
         .query(
             "SELECT convert_from(state, 'UTF8')::int8 AS upstream_id FROM biomero.events \
-             WHERE application_name = $1 AND topic = 'biomero.test:Processed' \
-             ORDER BY upstream_id",
-            &[&follower],
+             WHERE application_name = $1 AND topic = $2 ORDER BY upstream_id",
+            &[&follower, &PROCESSED],
         )
         .unwrap()
         .iter()

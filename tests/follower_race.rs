@@ -5,8 +5,11 @@
 //! (application_name, notification_id)) and must see it fail, which shows it can see the race.
 
 mod common;
+#[path = "common/follower.rs"]
+mod follower;
 
 use common::*;
+use follower::FollowerStep;
 use postgres::{Client, IsolationLevel};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -63,36 +66,19 @@ fn step_extension(
     upstream: &str,
     session: i32,
 ) -> Result<bool, postgres::Error> {
-    let mut tx = client
-        .build_transaction()
-        .isolation_level(isolation)
-        .start()?;
-    let position: i64 = tx
-        .query_one("SELECT biomero.claim($1, $2)", &[&follower, &upstream])?
-        .get(0);
-    let next = tx.query_opt(
-        "SELECT notification_id FROM biomero.select_notifications($1, $2, 1, \
-         inclusive_of_start => false)",
-        &[&upstream, &position],
-    )?;
-    let Some(next) = next else {
-        tx.commit()?;
-        return Ok(false);
+    let step = FollowerStep {
+        follower,
+        upstream,
+        max: 1,
+        wait: true,
+        isolation,
+        read_model: Some(("race_read_model", session)),
+        emit: None,
     };
-    let notification_id: i64 = next.get(0);
-    tx.execute(
-        "INSERT INTO race_read_model VALUES ($1, $2, $3, $4)",
-        &[&follower, &upstream, &notification_id, &session],
-    )?;
-    let advanced: bool = tx
-        .query_one(
-            "SELECT biomero.record_tracking($1, $2, $3)",
-            &[&follower, &upstream, &notification_id],
-        )?
-        .get(0);
-    assert!(advanced, "a claimed position must advance");
-    tx.commit()?;
-    Ok(true)
+    let processed = step
+        .run(client)?
+        .expect("a step that waits takes the claim");
+    Ok(!processed.is_empty())
 }
 
 /// One follower step the way eventsourcing's multi-row tracking table invites.

@@ -7,9 +7,12 @@
 //! backends sampled at start, middle and end; VmRSS printed alongside).
 
 mod common;
+#[path = "common/follower.rs"]
+mod follower;
 
 use common::*;
-use postgres::Client;
+use follower::FollowerStep;
+use postgres::{Client, IsolationLevel};
 use rand::Rng;
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -78,56 +81,16 @@ fn follow(
         format!("{run}{}", follower.name),
         format!("{run}{}", follower.upstream),
     );
-    let mut tx = client.transaction()?;
-    let position: Option<i64> = tx
-        .query_one(
-            "SELECT biomero.claim($1, $2, wait => $3)",
-            &[&name, &upstream, &!follower.polls],
-        )?
-        .get(0);
-    let Some(position) = position else {
-        tx.rollback()?;
-        return Ok(None);
+    let step = FollowerStep {
+        follower: &name,
+        upstream: &upstream,
+        max: 20,
+        wait: !follower.polls,
+        isolation: IsolationLevel::ReadCommitted,
+        read_model: Some(("soak_read_model", process)),
+        emit: follower.emits.then_some("biomero.soak:Processed"),
     };
-    let ids: Vec<i64> = tx
-        .query(
-            "SELECT notification_id FROM biomero.select_notifications($1, $2, 20, \
-             inclusive_of_start => false)",
-            &[&upstream, &position],
-        )?
-        .iter()
-        .map(|row| row.get(0))
-        .collect();
-    let Some(last) = ids.last() else {
-        tx.commit()?;
-        return Ok(Some(0));
-    };
-    tx.execute(
-        "INSERT INTO soak_read_model SELECT $1, $2, unnest($3::int8[]), $4",
-        &[&name, &upstream, &ids, &process],
-    )?;
-    if follower.emits {
-        let recorded: Option<Vec<i64>> = tx
-            .query_one(
-                "SELECT biomero.record_events($1, array_agg(gen_random_uuid()), \
-                 array_agg(0::int8), array_agg('biomero.soak:Processed'::text), \
-                 array_agg(convert_to(id::text, 'UTF8')), $2, $3) \
-                 FROM unnest($4::int8[]) AS id",
-                &[&name, &upstream, last, &ids],
-            )?
-            .get(0);
-        assert!(recorded.is_some(), "a claimed position must advance");
-    } else {
-        let advanced: bool = tx
-            .query_one(
-                "SELECT biomero.record_tracking($1, $2, $3)",
-                &[&name, &upstream, last],
-            )?
-            .get(0);
-        assert!(advanced, "a claimed position must advance");
-    }
-    tx.commit()?;
-    Ok(Some(ids.len()))
+    Ok(step.run(client)?.map(|processed| processed.len()))
 }
 
 #[derive(Clone, Copy)]

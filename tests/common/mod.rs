@@ -108,6 +108,11 @@ pub fn uuid_text(bits: u128) -> String {
     )
 }
 
+/// The next notification ids of application `$1` after id `$2`, at most `$3` of them: a page
+/// of a reader or follower.
+pub const PAGE: &str = "SELECT notification_id FROM biomero.select_notifications($1, $2, $3, \
+                        inclusive_of_start => false)";
+
 pub fn count(client: &mut Client, query: &str) -> i64 {
     client.query_one(query, &[]).unwrap().get(0)
 }
