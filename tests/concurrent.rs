@@ -12,37 +12,13 @@ use common::*;
 use follower::FollowerStep;
 use postgres::error::SqlState;
 use postgres::fallible_iterator::FallibleIterator;
-use postgres::{Client, IsolationLevel};
+use postgres::IsolationLevel;
 use rand::Rng;
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
-
-const APPEND: &str = "SELECT biomero.record_event($1, gen_random_uuid(), 0, 't', '')";
-
-fn set_mode(client: &mut Client, application: &str, mode: &str) {
-    client
-        .execute(
-            "SELECT biomero.set_append_mode($1, $2)",
-            &[&application, &mode],
-        )
-        .unwrap();
-}
-
-fn append(client: &mut impl postgres::GenericClient, application: &str) -> i64 {
-    client.query_one(APPEND, &[&application]).unwrap().get(0)
-}
-
-fn page(client: &mut impl postgres::GenericClient, application: &str, after: i64) -> Vec<i64> {
-    client
-        .query(PAGE, &[&application, &after, &1000i64])
-        .unwrap()
-        .iter()
-        .map(|row| row.get(0))
-        .collect()
-}
 
 fn head(client: &mut impl postgres::GenericClient, application: &str) -> Option<i64> {
     client
@@ -56,11 +32,11 @@ fn readers_wait_for_an_earlier_id_still_in_flight() {
     for outcome in ["commit", "rollback"] {
         let application = unique_name("Three");
         let mut admin = connect();
-        set_mode(&mut admin, &application, "concurrent");
+        set_append_mode(&mut admin, &application, "concurrent");
         let (mut a, mut b, mut reader) = (connect(), connect(), connect());
         let mut first = a.transaction().unwrap();
-        assert_eq!(append(&mut first, &application), 1);
-        assert_eq!(append(&mut b, &application), 2, "B does not wait for A");
+        assert_eq!(append_one(&mut first, &application), 1);
+        assert_eq!(append_one(&mut b, &application), 2, "B does not wait for A");
         assert_eq!(page(&mut reader, &application, 0), Vec::<i64>::new());
         assert_eq!(head(&mut reader, &application), None);
         // A reader whose snapshot sees 2 but not 1 ...
@@ -93,11 +69,11 @@ fn a_follower_cannot_record_a_position_above_the_horizon() {
     let application = unique_name("Above");
     let follower = unique_name("Follower");
     let mut admin = connect();
-    set_mode(&mut admin, &application, "concurrent");
+    set_append_mode(&mut admin, &application, "concurrent");
     let mut holder = connect();
     let mut held = holder.transaction().unwrap();
-    append(&mut held, &application);
-    append(&mut admin, &application);
+    append_one(&mut held, &application);
+    append_one(&mut admin, &application);
     let error = admin
         .query_one(
             "SELECT biomero.record_tracking($1, $2, 2)",
@@ -125,10 +101,10 @@ fn a_follower_cannot_record_a_position_above_the_horizon() {
 fn prepare_transaction_after_a_concurrent_append_is_refused() {
     let application = unique_name("Prepared");
     let mut admin = connect();
-    set_mode(&mut admin, &application, "concurrent");
+    set_append_mode(&mut admin, &application, "concurrent");
     let mut client = connect();
     client.batch_execute("BEGIN").unwrap();
-    append(&mut client, &application);
+    append_one(&mut client, &application);
     let error = client
         .batch_execute(&format!("PREPARE TRANSACTION '{application}'"))
         .unwrap_err();
@@ -138,7 +114,7 @@ fn prepare_transaction_after_a_concurrent_append_is_refused() {
         "{error}"
     );
     // Nothing is left in flight: the next append is readable at once.
-    let id = append(&mut admin, &application);
+    let id = append_one(&mut admin, &application);
     assert_eq!(page(&mut admin, &application, 0), vec![id]);
 }
 
@@ -146,11 +122,11 @@ fn prepare_transaction_after_a_concurrent_append_is_refused() {
 fn an_idle_writer_holds_the_horizon_until_it_is_terminated() {
     let application = unique_name("Idle");
     let mut admin = connect();
-    set_mode(&mut admin, &application, "concurrent");
+    set_append_mode(&mut admin, &application, "concurrent");
     let mut idle = connect();
     idle.batch_execute("BEGIN").unwrap();
-    let held = append(&mut idle, &application);
-    let later = append(&mut admin, &application);
+    let held = append_one(&mut idle, &application);
+    let later = append_one(&mut admin, &application);
     let pid = backend_pid(&mut idle);
     // The operator view names the backend that holds the horizon back.
     let rows = admin
@@ -193,8 +169,8 @@ fn an_idle_writer_holds_the_horizon_until_it_is_terminated() {
     let mut idle = connect();
     idle.batch_execute("SET idle_in_transaction_session_timeout = '300ms'; BEGIN")
         .unwrap();
-    append(&mut idle, &application);
-    let after = append(&mut admin, &application);
+    append_one(&mut idle, &application);
+    let after = append_one(&mut admin, &application);
     thread::sleep(Duration::from_millis(1000));
     assert_eq!(page(&mut admin, &application, later), vec![after]);
 }
@@ -203,15 +179,15 @@ fn an_idle_writer_holds_the_horizon_until_it_is_terminated() {
 fn concurrent_appends_are_announced_by_the_publisher_not_by_the_writer() {
     let application = unique_name("Announced");
     let mut admin = connect();
-    set_mode(&mut admin, &application, "concurrent");
+    set_append_mode(&mut admin, &application, "concurrent");
     let mut listener = connect();
     listener.batch_execute("LISTEN biomero_events").unwrap();
     let mut writer = connect();
     let writer_pid = backend_pid(&mut writer);
     let mut tx = writer.transaction().unwrap();
-    append(&mut tx, &application);
+    append_one(&mut tx, &application);
     tx.rollback().unwrap();
-    let id = append(&mut writer, &application);
+    let id = append_one(&mut writer, &application);
     // One wake-up per advance of the horizon: the rolled-back id advanced it too (a hole),
     // so wait for the one that reaches the committed id.
     let mut notifications = listener.notifications();
@@ -288,7 +264,7 @@ fn hunt(plan: Plan, seconds: u64, raw_readers: bool) -> Hunt {
     } else {
         "concurrent"
     };
-    set_mode(&mut admin, &application, initial);
+    set_append_mode(&mut admin, &application, initial);
     let stop = Arc::new(AtomicBool::new(false));
     let committed = Arc::new(Mutex::new(BTreeSet::new()));
     let errors = Arc::new(Mutex::new(Vec::new()));
@@ -352,7 +328,7 @@ fn hunt(plan: Plan, seconds: u64, raw_readers: bool) -> Hunt {
             let modes = ["serialized", "concurrent"];
             while !stop.load(Ordering::Relaxed) {
                 thread::sleep(Duration::from_millis(200));
-                set_mode(&mut client, &application, modes[switches % 2]);
+                set_append_mode(&mut client, &application, modes[switches % 2]);
                 switches += 1;
             }
             switches

@@ -10,15 +10,13 @@ use postgres::{Client, IsolationLevel};
 use std::thread;
 use std::time::Duration;
 
-const APPEND: &str = "SELECT biomero.record_event($1, gen_random_uuid(), 0, 't', '')";
-
 #[test]
 fn a_claim_never_returns_a_position_older_than_the_latest_committed() {
     for isolation in [IsolationLevel::RepeatableRead, IsolationLevel::Serializable] {
         let (follower, upstream) = (unique_name("F"), unique_name("U"));
         let mut b = connect();
         let mut a = connect();
-        a.query_one(APPEND, &[&upstream]).unwrap();
+        append_one(&mut a, &upstream);
         // B's snapshot predates A's first position of the pair: the tracking row does not
         // exist in it at all.
         let mut late = b
@@ -153,12 +151,7 @@ fn an_import_and_appends_to_one_application_take_turns() {
     let table = holes;
     // And into an application in concurrent mode, which has no append lock to take.
     let concurrent = unique_name("Adopted");
-    admin
-        .execute(
-            "SELECT biomero.set_append_mode($1, 'concurrent')",
-            &[&concurrent],
-        )
-        .unwrap();
+    set_append_mode(&mut admin, &concurrent, "concurrent");
     let error = admin
         .query_one(
             "SELECT * FROM biomero.import_eventsourcing($1, $2::text::regclass)",
@@ -186,7 +179,7 @@ const READS: [&str; 6] = [
 fn reads_assign_no_transaction_id_and_use_the_callers_snapshot() {
     let (application, follower) = (unique_name("Read"), unique_name("F"));
     let mut client = connect();
-    client.query_one(APPEND, &[&application]).unwrap();
+    append_one(&mut client, &application);
     client
         .execute(
             "SELECT biomero.record_tracking($1, $2, 1)",
@@ -234,7 +227,7 @@ fn reads_assign_no_transaction_id_and_use_the_callers_snapshot() {
         let application = application.clone();
         thread::spawn(move || {
             thread::sleep(Duration::from_millis(300));
-            connect().query_one(APPEND, &[&application]).unwrap();
+            append_one(&mut connect(), &application);
         })
     };
     let row = client
@@ -260,7 +253,7 @@ fn reads_work_on_a_hot_standby() {
     let primary = Cluster::start("readsprimary", &[], &[]);
     let mut client = primary.database_with_extension("biomero");
     let (application, follower) = ("WorkflowTracker", "WorkflowProgress");
-    client.query_one(APPEND, &[&application]).unwrap();
+    append_one(&mut client, application);
     client
         .execute(
             "SELECT biomero.record_tracking($1, $2, 1)",
@@ -329,13 +322,7 @@ fn only_utf8_databases_take_the_extension() {
     let suffix = unique_name("");
     let longest = format!("{}{suffix}", "é".repeat(255 - suffix.len()));
     assert_eq!(longest.chars().count(), 255);
-    assert_eq!(
-        client
-            .query_one(APPEND, &[&longest])
-            .unwrap()
-            .get::<_, i64>(0),
-        1
-    );
+    assert_eq!(append_one(&mut client, &longest), 1);
     let read: i64 = client
         .query_one(
             "SELECT count(*) FROM biomero.select_notifications($1, NULL, 10)",
@@ -366,14 +353,14 @@ fn only_utf8_databases_take_the_extension() {
 fn the_last_notification_id_is_a_clear_error() {
     let application = unique_name("Full");
     let mut admin = connect();
-    admin.query_one(APPEND, &[&application]).unwrap();
+    append_one(&mut admin, &application);
     admin
         .execute(
             "INSERT INTO biomero.events VALUES ($1, 9223372036854775806, gen_random_uuid(), 0, 't', '')",
             &[&application],
         )
         .unwrap();
-    let last: i64 = admin.query_one(APPEND, &[&application]).unwrap().get(0);
+    let last = append_one(&mut admin, &application);
     assert_eq!(last, i64::MAX);
     for call in [
         APPEND,

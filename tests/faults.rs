@@ -169,18 +169,14 @@ impl Batch {
     }
 
     fn append(&self, client: &mut Client) -> Result<Vec<i64>, postgres::Error> {
-        let aggregates = vec![self.aggregate.clone(); self.size];
-        let versions: Vec<i64> = (0..self.size as i64).collect();
-        let topics = vec!["biomero.test:Batch.Appended".to_string(); self.size];
-        let states: Vec<Vec<u8>> = (0..self.size)
-            .map(|version| format!("{{\"version\": {version}}}").into_bytes())
-            .collect();
-        client
-            .query_one(
-                "SELECT biomero.record_events($1, $2::text[]::uuid[], $3, $4, $5)",
-                &[&self.application, &aggregates, &versions, &topics, &states],
-            )
-            .map(|row| row.get(0))
+        append_versions(
+            client,
+            &self.application,
+            &self.aggregate,
+            0..self.size as i64,
+            "biomero.test:Batch.Appended",
+            |version| format!("{{\"version\": {version}}}").into_bytes(),
+        )
     }
 }
 

@@ -20,12 +20,7 @@ fn record(client: &mut Client, application: &str) -> Result<i64, postgres::Error
 
 /// Registers `application` (its first use), committed.
 fn register(client: &mut Client, application: &str) {
-    client
-        .execute(
-            "SELECT biomero.set_append_mode($1, 'serialized')",
-            &[&application],
-        )
-        .unwrap();
+    set_append_mode(client, application, "serialized");
 }
 
 #[test]

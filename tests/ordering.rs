@@ -88,13 +88,13 @@ fn run(isolation: IsolationLevel) {
                                 &[&application, &aggregate, &version],
                             )?;
                         } else {
-                            let ids: Vec<&str> = vec![aggregate.as_str(); size as usize];
-                            let versions: Vec<i64> = (version..version + size).collect();
-                            let topics = vec!["t"; size as usize];
-                            let states = vec![vec![0u8]; size as usize];
-                            tx.query_one(
-                                "SELECT biomero.record_events($1, $2::text[]::uuid[], $3, $4, $5)",
-                                &[&application, &ids, &versions, &topics, &states],
+                            append_versions(
+                                &mut tx,
+                                &application,
+                                &aggregate,
+                                version..version + size,
+                                "t",
+                                |_| vec![0],
                             )?;
                         }
                         if roll_back {

@@ -6,8 +6,6 @@ use common::*;
 use postgres::error::SqlState;
 use postgres::Client;
 
-const APPEND: &str = "SELECT biomero.record_event($1, gen_random_uuid(), 0, 't', '')";
-
 fn code(client: &mut Client, query: &str, application: &str) -> Option<SqlState> {
     match client.query(query, &[&application]) {
         Ok(_) => None,
@@ -36,7 +34,7 @@ fn roles_get_only_what_they_are_granted() {
                  TO {reader};"
         ))
         .unwrap();
-    admin.query_one(APPEND, &[&application]).unwrap();
+    append_one(&mut admin, &application);
 
     let denied = Some(SqlState::INSUFFICIENT_PRIVILEGE);
     let read = "SELECT * FROM biomero.select_notifications($1, NULL, 10)";
@@ -141,7 +139,7 @@ fn objects_in_the_callers_search_path_cannot_hijack_the_functions() {
     assert_eq!(hijacked, 1000);
     // ... but not inside the extension's functions.
     let ids: Vec<i64> = (0..3)
-        .map(|_| client.query_one(APPEND, &[&application]).unwrap().get(0))
+        .map(|_| append_one(&mut client, &application))
         .collect();
     assert_eq!(ids, vec![1, 2, 3]);
     let head: i64 = client

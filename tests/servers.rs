@@ -14,25 +14,13 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 const PRELOAD: &str = "shared_preload_libraries=biomero_tracking";
-const APPEND: &str = "SELECT biomero.record_event($1, gen_random_uuid(), 0, 't', '')";
-const PAGE: &str = "SELECT notification_id FROM biomero.select_notifications($1, $2, 1000, \
-                    inclusive_of_start => false)";
-
-fn ids(client: &mut Client, application: &str) -> Vec<i64> {
-    stored_ids(client, application)
-}
 
 /// Every notification a reader gets, page after page.
 fn read_all(client: &mut Client, application: &str) -> Vec<i64> {
     let mut all: Vec<i64> = Vec::new();
     loop {
         let after = all.last().copied().unwrap_or(0);
-        let page: Vec<i64> = client
-            .query(PAGE, &[&application, &after])
-            .unwrap()
-            .iter()
-            .map(|row| row.get(0))
-            .collect();
+        let page = page(client, application, after);
         if page.is_empty() {
             return all;
         }
@@ -45,13 +33,8 @@ fn concurrent_mode_needs_shared_preload_libraries() {
     let cluster = Cluster::start("nopreload", &[], &[PRELOAD]);
     let mut client = cluster.database_with_extension("biomero");
     let application = "WorkflowTracker";
-    client
-        .execute(
-            "SELECT biomero.set_append_mode($1, 'concurrent')",
-            &[&application],
-        )
-        .unwrap();
-    client.query_one(APPEND, &[&application]).unwrap();
+    set_append_mode(&mut client, application, "concurrent");
+    append_one(&mut client, application);
     drop(client);
 
     cluster.restart("fast", &[]);
@@ -75,14 +58,8 @@ fn concurrent_mode_needs_shared_preload_libraries() {
         Some(&SqlState::OBJECT_NOT_IN_PREREQUISITE_STATE)
     );
     // Back to serialized works without it, and appends go on above the committed ids.
-    client
-        .execute(
-            "SELECT biomero.set_append_mode($1, 'serialized')",
-            &[&application],
-        )
-        .unwrap();
-    let id: i64 = client.query_one(APPEND, &[&application]).unwrap().get(0);
-    assert_eq!(id, 2);
+    set_append_mode(&mut client, application, "serialized");
+    assert_eq!(append_one(&mut client, application), 2);
 }
 
 /// Writers appending concurrently until told to stop; returns the ids whose commit returned.
@@ -128,12 +105,7 @@ fn crash_keeps_every_commit(how: &str) {
     let cluster = Cluster::start("crash", &[], &[PRELOAD]);
     let mut client = cluster.database_with_extension("biomero");
     let application = "WorkflowTracker";
-    client
-        .execute(
-            "SELECT biomero.set_append_mode($1, 'concurrent')",
-            &[&application],
-        )
-        .unwrap();
+    set_append_mode(&mut client, application, "concurrent");
     let stop = Arc::new(AtomicBool::new(false));
     let writers = load(&cluster, application, 8, stop.clone());
     thread::sleep(Duration::from_millis(1500));
@@ -173,12 +145,12 @@ fn crash_keeps_every_commit(how: &str) {
         cluster.start_again(&[PRELOAD]);
     }
     let mut client = cluster.connect_when_ready("biomero");
-    let stored: BTreeSet<i64> = ids(&mut client, application).into_iter().collect();
+    let stored: BTreeSet<i64> = stored_ids(&mut client, application).into_iter().collect();
     let lost: Vec<_> = committed.difference(&stored).collect();
     assert!(lost.is_empty(), "{how}: committed ids lost: {lost:?}");
     let max = stored.iter().max().copied().unwrap_or(0);
     // The counter continues above everything committed, and readers read everything.
-    let next: i64 = client.query_one(APPEND, &[&application]).unwrap().get(0);
+    let next = append_one(&mut client, application);
     assert!(next > max, "{how}: id {next} reused (max committed {max})");
     let read: BTreeSet<i64> = read_all(&mut client, application).into_iter().collect();
     let expected: BTreeSet<i64> = stored.iter().copied().chain([next]).collect();
@@ -204,13 +176,8 @@ fn readers_on_a_hot_standby_never_skip_and_a_promoted_standby_continues() {
     let primary = Cluster::start("primary", &[], &[PRELOAD]);
     let mut client = primary.database_with_extension("biomero");
     let application = "WorkflowTracker";
-    client
-        .execute(
-            "SELECT biomero.set_append_mode($1, 'concurrent')",
-            &[&application],
-        )
-        .unwrap();
-    client.query_one(APPEND, &[&application]).unwrap();
+    set_append_mode(&mut client, application, "concurrent");
+    append_one(&mut client, application);
     let replica = Cluster::replica_of(&primary, &[PRELOAD]);
 
     let stop = Arc::new(AtomicBool::new(false));
@@ -235,12 +202,7 @@ fn readers_on_a_hot_standby_never_skip_and_a_promoted_standby_continues() {
                     .isolation_level(isolation)
                     .start()
                     .unwrap();
-                let rows: Vec<i64> = tx
-                    .query(PAGE, &[&application, &last])
-                    .unwrap()
-                    .iter()
-                    .map(|row| row.get(0))
-                    .collect();
+                let rows = page(&mut tx, application, last);
                 tx.commit().unwrap();
                 if let Some(&end) = rows.last() {
                     last = end;
@@ -295,14 +257,11 @@ fn readers_on_a_hot_standby_never_skip_and_a_promoted_standby_continues() {
         assert!(Instant::now() < deadline, "promotion did not finish");
         thread::sleep(Duration::from_millis(50));
     }
-    let max = ids(&mut client, application).into_iter().max().unwrap();
-    let next: i64 = client.query_one(APPEND, &[&application]).unwrap().get(0);
+    let max = stored_ids(&mut client, application)
+        .into_iter()
+        .max()
+        .unwrap();
+    let next = append_one(&mut client, application);
     assert!(next > max);
-    let page: Vec<i64> = client
-        .query(PAGE, &[&application, &(max - 1)])
-        .unwrap()
-        .iter()
-        .map(|row| row.get(0))
-        .collect();
-    assert_eq!(page, vec![max, next]);
+    assert_eq!(page(&mut client, application, max - 1), vec![max, next]);
 }

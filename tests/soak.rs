@@ -169,17 +169,14 @@ fn soak_64_sessions_of_writers_and_competing_followers() {
                     let roll_back = rng.gen_bool(0.1);
                     let attempt = (|| -> Result<(), postgres::Error> {
                         let mut tx = client.transaction()?;
-                        let ids: Vec<i64> = tx
-                            .query_one(
-                                "SELECT biomero.record_events($1, \
-                                 array_fill($2::text::uuid, ARRAY[$3::int4]), \
-                                 ARRAY(SELECT generate_series($4::int8, $4 + $3 - 1)), \
-                                 array_fill('biomero.eventsourcing:WorkflowRun.TaskAdded'::text, \
-                                            ARRAY[$3::int4]), \
-                                 array_fill('\\x7b7d'::bytea, ARRAY[$3::int4]))",
-                                &[&upstream, &aggregate, &(size as i32), &version],
-                            )?
-                            .get(0);
+                        let ids = append_versions(
+                            &mut tx,
+                            &upstream,
+                            &aggregate,
+                            version..version + size,
+                            "biomero.eventsourcing:WorkflowRun.TaskAdded",
+                            |_| b"{}".to_vec(),
+                        )?;
                         assert_eq!(ids.len() as i64, size);
                         assert!(ids.windows(2).all(|pair| pair[1] == pair[0] + 1));
                         if roll_back {

@@ -4,7 +4,7 @@
 #![allow(dead_code)]
 
 use postgres::error::SqlState;
-use postgres::{Client, IsolationLevel};
+use postgres::{Client, GenericClient, IsolationLevel};
 use std::sync::atomic::{AtomicU64, Ordering};
 
 /// Starts (once per test binary) the test server and returns a new session to it.
@@ -108,10 +108,64 @@ pub fn uuid_text(bits: u128) -> String {
     )
 }
 
+// ----------------------------------------------------------------------------------------
+// Appending and reading.
+
+/// Appends one event (version 0 of a new aggregate) to application `$1`; returns its id.
+pub const APPEND: &str = "SELECT biomero.record_event($1, gen_random_uuid(), 0, 't', '')";
+
+/// Appends one event as `APPEND` does; returns its id.
+pub fn append_one(client: &mut impl GenericClient, application: &str) -> i64 {
+    client.query_one(APPEND, &[&application]).unwrap().get(0)
+}
+
+/// Appends `versions` of `aggregate` to `application` in one record_events call, each with
+/// `topic` and the state `state` makes of its version; returns their ids.
+pub fn append_versions(
+    client: &mut impl GenericClient,
+    application: &str,
+    aggregate: &str,
+    versions: std::ops::Range<i64>,
+    topic: &str,
+    state: impl Fn(i64) -> Vec<u8>,
+) -> Result<Vec<i64>, postgres::Error> {
+    let aggregates = vec![aggregate; versions.clone().count()];
+    let topics = vec![topic; aggregates.len()];
+    let states: Vec<Vec<u8>> = versions.clone().map(state).collect();
+    let versions: Vec<i64> = versions.collect();
+    client
+        .query_one(
+            "SELECT biomero.record_events($1, $2::text[]::uuid[], $3, $4, $5)",
+            &[&application, &aggregates, &versions, &topics, &states],
+        )
+        .map(|row| row.get(0))
+}
+
+/// Sets the append mode (`serialized` or `concurrent`) of `application`, registering it on
+/// its first use.
+pub fn set_append_mode(client: &mut Client, application: &str, mode: &str) {
+    client
+        .execute(
+            "SELECT biomero.set_append_mode($1, $2)",
+            &[&application, &mode],
+        )
+        .unwrap();
+}
+
 /// The next notification ids of application `$1` after id `$2`, at most `$3` of them: a page
 /// of a reader or follower.
 pub const PAGE: &str = "SELECT notification_id FROM biomero.select_notifications($1, $2, $3, \
                         inclusive_of_start => false)";
+
+/// The next page (up to 1000 notification ids) of `application` after id `after`.
+pub fn page(client: &mut impl GenericClient, application: &str, after: i64) -> Vec<i64> {
+    client
+        .query(PAGE, &[&application, &after, &1000i64])
+        .unwrap()
+        .iter()
+        .map(|row| row.get(0))
+        .collect()
+}
 
 pub fn count(client: &mut Client, query: &str) -> i64 {
     client.query_one(query, &[]).unwrap().get(0)
