@@ -12,30 +12,7 @@ use std::path::Path;
 use std::process::Command;
 use std::time::Instant;
 
-type EventRow = (String, i64, String, i64, String, Vec<u8>);
 type PositionRow = (String, String, i64);
-
-fn events(client: &mut Client) -> Vec<EventRow> {
-    client
-        .query(
-            "SELECT application_name, notification_id, originator_id::text, originator_version, \
-             topic, state FROM biomero.events ORDER BY application_name, notification_id",
-            &[],
-        )
-        .unwrap()
-        .iter()
-        .map(|row| {
-            (
-                row.get(0),
-                row.get(1),
-                row.get(2),
-                row.get(3),
-                row.get(4),
-                row.get(5),
-            )
-        })
-        .collect()
-}
 
 fn positions(client: &mut Client) -> Vec<PositionRow> {
     client
@@ -174,7 +151,7 @@ fn populate(client: &mut Client) -> (usize, usize) {
             .get(0);
         assert!(advanced);
     }
-    (events(client).len(), positions(client).len())
+    (stored_events(client).len(), positions(client).len())
 }
 
 /// In a restored database: everything equal to the source, and the log goes on.
@@ -185,7 +162,7 @@ fn check_restored(
     source_schema: &[String],
     how: &str,
 ) {
-    let restored_events = events(target);
+    let restored_events = stored_events(target);
     assert_eq!(
         restored_events.len(),
         source_events.len(),
@@ -294,16 +271,13 @@ fn backup_pg_dump_and_restore_keep_every_event_and_position() {
         .batch_execute("CREATE EXTENSION biomero_tracking")
         .unwrap();
     let (event_count, position_count) = populate(&mut client);
-    let source_events = events(&mut client);
+    let source_events = stored_events(&mut client);
     let source_positions = positions(&mut client);
     let source_schema = schema_objects(&mut client);
-    let applications: i64 = client
-        .query_one(
-            "SELECT count(DISTINCT application_name) FROM biomero.events",
-            &[],
-        )
-        .unwrap()
-        .get(0);
+    let applications = count(
+        &mut client,
+        "SELECT count(DISTINCT application_name) FROM biomero.events",
+    );
 
     let directory = std::env::temp_dir().join(format!("biomero-backup-{id}"));
     std::fs::create_dir_all(&directory).unwrap();
@@ -367,7 +341,7 @@ fn backup_pg_dump_and_restore_keep_every_event_and_position() {
         );
     }
     // The source is unchanged by the dumps and goes on too.
-    assert_eq!(events(&mut client), source_events);
+    assert_eq!(stored_events(&mut client), source_events);
     drop(client);
     for database in [&source, &custom, &plain] {
         admin

@@ -302,13 +302,7 @@ fn follower_step(
 /// 1..=position, once, and nothing past the position (the position is never ahead of the
 /// work committed with it, nor behind). Returns the position.
 fn check_follower(client: &mut Client, follower: &str, upstream: &str) -> i64 {
-    let position: i64 = client
-        .query_one(
-            "SELECT coalesce(biomero.max_tracking_id($1, $2), 0)",
-            &[&follower, &upstream],
-        )
-        .unwrap()
-        .get(0);
+    let position = follower_position(client, follower, upstream);
     let processed: Vec<i64> = client
         .query(
             "SELECT convert_from(state, 'UTF8')::int8 AS upstream_id FROM biomero.events \
@@ -336,13 +330,7 @@ fn check_next_sessions_proceed(applications: &[String], follower: &str, upstream
         .unwrap();
     let started = Instant::now();
     for application in applications {
-        let head: i64 = client
-            .query_one(
-                "SELECT coalesce(biomero.max_notification_id($1), 0)",
-                &[application],
-            )
-            .unwrap()
-            .get(0);
+        let head = notification_head(&mut client, application);
         let ids = Batch::new(application, 2)
             .append(&mut client)
             .unwrap_or_else(|error| panic!("append after the fault: {}", db_message(&error)));

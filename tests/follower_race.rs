@@ -191,21 +191,9 @@ fn run(way: Way, isolation: IsolationLevel) -> Outcome {
     }
 
     let mut client = connect();
-    let head = client
-        .query_one(
-            "SELECT coalesce(biomero.max_notification_id($1), 0)",
-            &[&upstream],
-        )
-        .unwrap()
-        .get(0);
+    let head = notification_head(&mut client, &upstream);
     let final_position = match way {
-        Way::Extension => client
-            .query_one(
-                "SELECT coalesce(biomero.max_tracking_id($1, $2), 0)",
-                &[&follower, &upstream],
-            )
-            .unwrap()
-            .get(0),
+        Way::Extension => follower_position(&mut client, &follower, &upstream),
         Way::Old => client
             .query_one(
                 "SELECT coalesce(max(notification_id), 0) FROM race_old_tracking \

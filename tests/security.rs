@@ -338,10 +338,7 @@ fn an_import_never_runs_the_source_owners_code() {
             .unwrap_err();
         assert_eq!(error.code(), Some(&expected), "{table}: {error}");
     }
-    let loot: i64 = admin
-        .query_one(&format!("SELECT count(*) FROM {schema}.loot"), &[])
-        .unwrap()
-        .get(0);
+    let loot = count(&mut admin, &format!("SELECT count(*) FROM {schema}.loot"));
     assert_eq!(loot, 0, "the role's function ran inside the import");
     admin
         .batch_execute(&format!(

@@ -321,13 +321,7 @@ fn soak_64_sessions_of_writers_and_competing_followers() {
     let mut heads = BTreeMap::new();
     for (index, upstream) in UPSTREAMS.iter().enumerate() {
         let name = format!("{run}{upstream}");
-        let head: i64 = client
-            .query_one(
-                "SELECT coalesce(biomero.max_notification_id($1), 0)",
-                &[&name],
-            )
-            .unwrap()
-            .get(0);
+        let head = notification_head(&mut client, &name);
         assert_eq!(
             head as usize,
             committed[index].load(Ordering::SeqCst),
@@ -354,20 +348,8 @@ fn soak_64_sessions_of_writers_and_competing_followers() {
             .unwrap();
         let (rows, distinct, min, max, processes): (i64, i64, i64, i64, i64) =
             (row.get(0), row.get(1), row.get(2), row.get(3), row.get(4));
-        let head: i64 = client
-            .query_one(
-                "SELECT coalesce(biomero.max_notification_id($1), 0)",
-                &[&upstream],
-            )
-            .unwrap()
-            .get(0);
-        let position: i64 = client
-            .query_one(
-                "SELECT coalesce(biomero.max_tracking_id($1, $2), 0)",
-                &[&name, &upstream],
-            )
-            .unwrap()
-            .get(0);
+        let head = notification_head(&mut client, &upstream);
+        let position = follower_position(&mut client, &name, &upstream);
         assert!(head > 0, "{}: nothing to follow", follower.name);
         assert_eq!(
             (rows, distinct, min, max, position),

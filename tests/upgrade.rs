@@ -49,21 +49,6 @@ fn catalog(client: &mut Client) -> Vec<String> {
     objects
 }
 
-type EventRow = (String, i64, String, i64, String, Vec<u8>);
-
-fn events(client: &mut Client) -> Vec<EventRow> {
-    client
-        .query(
-            "SELECT application_name, notification_id, originator_id::text, originator_version, \
-             topic, state FROM biomero.events ORDER BY 1, 2",
-            &[],
-        )
-        .unwrap()
-        .iter()
-        .map(|r| (r.get(0), r.get(1), r.get(2), r.get(3), r.get(4), r.get(5)))
-        .collect()
-}
-
 fn update_keeps_data_objects_and_guarantees(release: &str) {
     let mut admin = connect();
     // Put the release's install script beside the current version's files.
@@ -105,7 +90,7 @@ fn update_keeps_data_objects_and_guarantees(release: &str) {
              INSERT INTO biomero.tracking VALUES ('WorkflowProgress', 'WorkflowTracker', 3)",
         )
         .unwrap();
-    let before = events(&mut upgraded);
+    let before = stored_events(&mut upgraded);
 
     // Before the update, a function of the installed library that needs the new tables says
     // what to do rather than failing on a missing table or symbol.
@@ -139,7 +124,7 @@ fn update_keeps_data_objects_and_guarantees(release: &str) {
         .get(0);
     assert_eq!(version, env!("CARGO_PKG_VERSION"));
     assert_eq!(
-        events(&mut upgraded),
+        stored_events(&mut upgraded),
         before,
         "every event survives the update unchanged"
     );

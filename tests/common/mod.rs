@@ -167,8 +167,57 @@ pub fn page(client: &mut impl GenericClient, application: &str, after: i64) -> V
         .collect()
 }
 
+/// The number `query` (a `SELECT count(*) ...` without parameters) returns.
 pub fn count(client: &mut Client, query: &str) -> i64 {
     client.query_one(query, &[]).unwrap().get(0)
+}
+
+/// An event as stored: application, notification id, aggregate, version, topic, state.
+pub type EventRow = (String, i64, String, i64, String, Vec<u8>);
+
+/// Every event stored, by application and notification id.
+pub fn stored_events(client: &mut Client) -> Vec<EventRow> {
+    client
+        .query(
+            "SELECT application_name, notification_id, originator_id::text, originator_version, \
+             topic, state FROM biomero.events ORDER BY application_name, notification_id",
+            &[],
+        )
+        .unwrap()
+        .iter()
+        .map(|row| {
+            (
+                row.get(0),
+                row.get(1),
+                row.get(2),
+                row.get(3),
+                row.get(4),
+                row.get(5),
+            )
+        })
+        .collect()
+}
+
+/// The last notification id of `application`, 0 when it has none.
+pub fn notification_head(client: &mut Client, application: &str) -> i64 {
+    client
+        .query_one(
+            "SELECT coalesce(biomero.max_notification_id($1), 0)",
+            &[&application],
+        )
+        .unwrap()
+        .get(0)
+}
+
+/// The position of `follower` on `upstream`, 0 when it has none.
+pub fn follower_position(client: &mut Client, follower: &str, upstream: &str) -> i64 {
+    client
+        .query_one(
+            "SELECT coalesce(biomero.max_tracking_id($1, $2), 0)",
+            &[&follower, &upstream],
+        )
+        .unwrap()
+        .get(0)
 }
 
 /// A session to another database of the test server (created by the caller).
