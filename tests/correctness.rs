@@ -2,8 +2,11 @@
 //! racing appends, reads that assigned transaction ids, non-UTF8 databases and id overflow.
 //! (Lock keys are in guarantees.rs, authorization in security.rs, standbys in servers.rs.)
 
+#[path = "common/cluster.rs"]
+mod cluster;
 mod common;
 
+use cluster::*;
 use common::*;
 use postgres::error::SqlState;
 use postgres::{Client, IsolationLevel};

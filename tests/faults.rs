@@ -13,6 +13,7 @@ mod common;
 #[path = "common/follower.rs"]
 mod follower;
 
+use biomero_tracking::locks::{APPEND_LOCK_KIND as APPEND_LOCK, CLAIM_LOCK_KIND as CLAIM_LOCK};
 use common::*;
 use follower::FollowerStep;
 use postgres::error::SqlState;
@@ -134,6 +135,52 @@ fn kill_and_wait(pid: i32, how: Kill, witness: Option<i32>) {
             drop(connect_when_ready(READY));
         }
     }
+}
+
+/// A new session to the tests' database, retrying while the server restarts or recovers.
+fn connect_when_ready(timeout: Duration) -> Client {
+    // The port is asked (once) of a session while the server is up.
+    test_server();
+    retry_connect("the test server", timeout, || {
+        try_connect_to(pgrx_tests::get_pg_dbname())
+    })
+}
+
+/// Waits until backend `pid` is blocked waiting for one of the extension's locks of `kind`.
+fn wait_until_blocked(observer: &mut Client, pid: i32, kind: i16) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let waiting: i64 = observer
+            .query_one(
+                "SELECT count(*) FROM pg_locks WHERE pid = $1 AND NOT granted \
+                 AND locktype = 'advisory' AND objsubid = $2",
+                &[&pid, &kind],
+            )
+            .unwrap()
+            .get(0);
+        if waiting > 0 {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "backend {pid} did not start waiting for lock kind {kind:#x}"
+        );
+        thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// The extension's locks held or awaited by anyone, as (pid, objsubid, granted).
+fn extension_locks(client: &mut Client) -> Vec<(i32, i16, bool)> {
+    client
+        .query(
+            "SELECT pid, objsubid::int2, granted FROM pg_locks \
+             WHERE locktype = 'advisory' AND objsubid IN ($1, $2) ORDER BY pid",
+            &[&APPEND_LOCK, &CLAIM_LOCK],
+        )
+        .unwrap()
+        .iter()
+        .map(|row| (row.get(0), row.get(1), row.get(2)))
+        .collect()
 }
 
 /// Errors a session may see when its backend or the server goes away under it.

@@ -2,6 +2,7 @@
 
 mod common;
 
+use biomero_tracking::locks::CLAIM_LOCK_KIND as CLAIM_LOCK;
 use common::*;
 use postgres::error::SqlState;
 use postgres::fallible_iterator::FallibleIterator;

@@ -1,8 +1,11 @@
 //! What needs servers of its own: concurrent mode without shared_preload_libraries, crashes
 //! under concurrent load, and readers on a streaming replica, before and after its promotion.
 
+#[path = "common/cluster.rs"]
+mod cluster;
 mod common;
 
+use cluster::*;
 use common::*;
 use postgres::error::SqlState;
 use postgres::{Client, IsolationLevel};

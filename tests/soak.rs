@@ -93,6 +93,51 @@ fn follow(
     Ok(step.run(client)?.map(|processed| processed.len()))
 }
 
+/// Resident memory of one process from /proc/<pid>/status, in kB: `field` is `VmRSS`
+/// (everything resident, including shared buffers the process has touched) or `RssAnon`
+/// (its private memory, where a leak shows). None when the process is gone.
+fn resident_kb(pid: i32, field: &str) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status.lines().find_map(|line| {
+        let rest = line.strip_prefix(field)?.strip_prefix(':')?;
+        rest.trim().trim_end_matches("kB").trim().parse().ok()
+    })
+}
+
+/// The postmaster's pid and those of all its children (backends and auxiliary processes).
+fn server_pids(data_directory: &str) -> Vec<i32> {
+    let postmaster: i32 = std::fs::read_to_string(format!("{data_directory}/postmaster.pid"))
+        .ok()
+        .and_then(|text| {
+            text.lines()
+                .next()
+                .and_then(|line| line.trim().parse().ok())
+        })
+        .expect("postmaster.pid names the postmaster");
+    let mut pids = vec![postmaster];
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|n| n.parse::<i32>().ok())
+        else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+            continue;
+        };
+        // "pid (comm) state ppid ...": comm may contain spaces, so split after the last ')'.
+        let parent = stat
+            .rsplit_once(')')
+            .and_then(|(_, rest)| rest.split_whitespace().nth(1))
+            .and_then(|ppid| ppid.parse::<i32>().ok());
+        if parent == Some(postmaster) {
+            pids.push(pid);
+        }
+    }
+    pids
+}
+
 #[derive(Clone, Copy)]
 struct Memory {
     at: Duration,
