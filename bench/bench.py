@@ -1,13 +1,15 @@
 """Benchmark of biomero_tracking against the ways users append and follow today.
 
-Run through scripts/bench.sh, which starts a throwaway cluster and passes its URL. Every
+Run through scripts/bench.sh, which starts a throwaway cluster (with the library in
+shared_preload_libraries, which concurrent append mode needs) and passes its URL. Every
 scenario runs against that one server in one run, so ratios between approaches are taken
 under the same conditions; absolute figures are for this run only.
 
 Drivers:
 - pgbench (prepared protocol, per-transaction logs) for appends and reads;
-- a multiprocessing psycopg2 driver for the follower loops, because the naive loop's
-  duplicate-key errors must be counted rather than abort a client.
+- multiprocessing psycopg2 drivers for the follower loops, because the naive loop's
+  duplicate-key errors must be counted rather than abort a client, and for the wake-up
+  probe and its listeners, which need the id each commit returned and when it returned.
 
 Each measured point is split into rounds and the variants that are compared run in
 alternating order within each round (A B C, C B A, ...), so a drift of the shared VM's disk
@@ -20,15 +22,17 @@ import multiprocessing
 import os
 import platform
 import re
+import select
 import shutil
 import subprocess
 import sys
 import time
+from bisect import bisect_left
+from itertools import accumulate
 from pathlib import Path
 
 import psycopg2
 
-PGBENCH = "/usr/lib/postgresql/15/bin/pgbench"
 TOPIC = "biomero.eventsourcing:Task.StatusUpdated"
 # A BIOMERO-sized event state: JSON of a StatusUpdated event, stored as bytea.
 STATE_JSON = (
@@ -37,6 +41,9 @@ STATE_JSON = (
 )
 STATE_HEX = "\\x" + STATE_JSON.encode().hex()
 APPS = 8
+# Writers of the wake-up scenario: pgbench clients plus the probe.
+WAKEUP_WRITERS = 16
+LISTENERS = 4
 
 
 def log(message):
@@ -54,7 +61,7 @@ class Config:
             self.seconds = float(os.environ.get("BENCH_SECONDS", 2))
             self.rounds = 1
             self.clients = [1, 4, 16, 64]
-            self.batch_clients = [1, 16]
+            self.batch_clients = {10: [1, 16], 100: [1, 16]}
             self.follower_processes = [1, 4, 16]
             self.read_clients = [1, 4]
             self.read_events = 20_000
@@ -65,7 +72,8 @@ class Config:
             self.seconds = float(os.environ.get("BENCH_SECONDS", 12))
             self.rounds = 4
             self.clients = [1, 4, 16, 64]
-            self.batch_clients = [1, 4, 16, 64]
+            # Batches of 10 at two client counts only, to keep the full run near 28 minutes.
+            self.batch_clients = {10: [1, 16], 100: [1, 4, 16, 64]}
             self.follower_processes = [1, 4, 16]
             self.read_clients = [1, 4]
             self.read_events = 100_000
@@ -102,14 +110,25 @@ class Db:
 
 
 def events_table_ddl(name):
-    """The events table eventsourcing's PostgreSQL recorder creates for one application."""
+    """The events table eventsourcing 9.5's PostgreSQL recorder creates for one application."""
     return (
         f"DROP TABLE IF EXISTS {name};"
         f"CREATE TABLE {name} (originator_id uuid NOT NULL, originator_version bigint NOT NULL,"
         f" topic text, state bytea, notification_id bigserial,"
-        f" PRIMARY KEY (originator_id, originator_version));"
+        f" PRIMARY KEY (originator_id, originator_version))"
+        " WITH (autovacuum_enabled = true, autovacuum_vacuum_threshold = 100000000,"
+        " autovacuum_vacuum_scale_factor = 0.5, autovacuum_analyze_threshold = 1000,"
+        " autovacuum_analyze_scale_factor = 0.01);"
         f"CREATE UNIQUE INDEX {name}_notification_id_idx ON {name} (notification_id);"
     )
+
+
+# The composite type eventsourcing's recorder inserts its events through (unnest of an array).
+STORED_EVENT_DDL = (
+    "DROP TYPE IF EXISTS stored_event_uuid CASCADE;"
+    "CREATE TYPE stored_event_uuid AS (originator_id uuid, originator_version bigint,"
+    " topic text, state bytea);"
+)
 
 
 def bulk_load(db, application, first, last):
@@ -218,7 +237,8 @@ class Point:
 
 
 class Pgbench:
-    def __init__(self, url, workdir, config):
+    def __init__(self, executable, url, workdir, config):
+        self.executable = executable
         self.url = url
         self.workdir = workdir
         self.config = config
@@ -238,9 +258,11 @@ class Pgbench:
         self.counter += 1
         prefix = self.logs / f"run{self.counter}"
         clients = point.clients
-        threads = min(clients, 2)
+        # One thread per client: pgbench prepares a pipeline's statements with blocking calls
+        # before its first run, and a client waiting there to prepare the INSERT into a table
+        # another client has locked would stall that client when they share a thread.
         command = [
-            PGBENCH, "-n", "-M", "prepared", "-c", str(clients), "-j", str(threads),
+            self.executable, "-n", "-M", "prepared", "-c", str(clients), "-j", str(clients),
             "-T", str(max(1, int(round(seconds)))), "-D", f"topic={TOPIC}",
             "-D", f"state={STATE_HEX}", "--log", f"--log-prefix={prefix}", "-f", str(script),
             self.url,
@@ -293,7 +315,7 @@ def measure(pgbench, variants, clients, config, group, seconds=None):
             pgbench.run(points[index], script, per_round, options)
     rows = [point.result() for point in points]
     for row in rows:
-        log(f"  {group:9} {row['variant']:26} c={clients:<3} {row['events_per_s']:>10.1f} ev/s"
+        log(f"  {group:9} {row['variant']:36} c={clients:<3} {row['events_per_s']:>10.1f} ev/s"
             f"  p50 {row['p50_ms']} ms  p99 {row['p99_ms']} ms"
             + (f"  errors {row['errors']}" if row["errors"] else ""))
     return rows
@@ -315,33 +337,22 @@ def per_app(apps, body):
     return "\n".join(lines) + "\n"
 
 
-def app_name(i):
+# biomero applications: app<i> in serialized mode (the default), conc<i> in concurrent mode.
+def serialized_app(i):
     return f"app{i}"
 
 
-def record_event_sql(i):
-    return (f"SELECT biomero.record_event('{app_name(i)}', gen_random_uuid(), 0,"
-            " :topic::text, :state::bytea);")
+def concurrent_app(i):
+    return f"conc{i}"
 
 
-def lock_table_sql(i, table_prefix="lock"):
-    table = f"{table_prefix}_{app_name(i)}_events"
-    return (f"BEGIN;\nLOCK TABLE {table} IN EXCLUSIVE MODE;\n"
-            f"INSERT INTO {table} (originator_id, originator_version, topic, state)"
-            " VALUES (gen_random_uuid(), 0, :topic::text, :state::bytea)"
-            " RETURNING notification_id;\nCOMMIT;")
-
-
-def unordered_sql(i, table_prefix="free"):
-    table = f"{table_prefix}_{app_name(i)}_events"
-    return (f"INSERT INTO {table} (originator_id, originator_version, topic, state)"
-            " VALUES (gen_random_uuid(), 0, :topic::text, :state::bytea)"
-            " RETURNING notification_id;")
-
-
-def record_events_sql(size):
+def record_events_sql(application, size):
+    """record_event for one event, record_events for a batch (arrays built server-side)."""
     def body(i):
-        return (f"SELECT biomero.record_events('{app_name(i)}',"
+        if size == 1:
+            return (f"SELECT biomero.record_event('{application(i)}', gen_random_uuid(), 0,"
+                    " :topic::text, :state::bytea);")
+        return (f"SELECT biomero.record_events('{application(i)}',"
                 f" ARRAY(SELECT gen_random_uuid() FROM generate_series(1, {size})),"
                 f" array_fill(0::bigint, ARRAY[{size}]),"
                 f" array_fill(:topic::text, ARRAY[{size}]),"
@@ -349,55 +360,96 @@ def record_events_sql(size):
     return body
 
 
-def lock_table_batch_sql(size):
+def eventsourcing_sql(size, notify=True):
+    """What eventsourcing 9.5's PostgreSQL recorder sends per append (postgres.py,
+    PostgresApplicationRecorder.insert_events): in one pipeline BEGIN, SET LOCAL lock_timeout,
+    LOCK TABLE … IN EXCLUSIVE MODE, NOTIFY <table>, the INSERT of an array of its composite
+    type RETURNING notification_id, and a sync; then COMMIT. With notify=False the same
+    without the NOTIFY, to show what NOTIFY costs."""
     def body(i):
-        table = f"lock_{app_name(i)}_events"
-        return (f"BEGIN;\nLOCK TABLE {table} IN EXCLUSIVE MODE;\n"
-                f"INSERT INTO {table} (originator_id, originator_version, topic, state)"
-                f" SELECT gen_random_uuid(), 0, :topic::text, :state::bytea"
-                f" FROM generate_series(1, {size}) RETURNING notification_id;\nCOMMIT;")
+        table = f"lock_{serialized_app(i)}_events"
+        row = "ROW(gen_random_uuid(), 0, :topic::text, :state::bytea)::stored_event_uuid"
+        events = (f"ARRAY[{row}]" if size == 1
+                  else f"ARRAY(SELECT {row} FROM generate_series(1, {size}))")
+        return "\n".join([
+            "\\startpipeline",
+            "BEGIN;",
+            "SET LOCAL lock_timeout = '0s';",
+            f"LOCK TABLE {table} IN EXCLUSIVE MODE;",
+            *([f"NOTIFY {table};"] if notify else []),
+            f"INSERT INTO {table} AS t (originator_id, originator_version, topic, state)"
+            f" SELECT originator_id, originator_version, topic, state FROM unnest({events})"
+            " RETURNING notification_id;",
+            "\\endpipeline",
+            "COMMIT;",
+        ])
     return body
 
 
-def unordered_batch_sql(size):
+def unordered_sql(size):
+    """The same table's INSERT alone: no lock, no NOTIFY, no order for readers."""
     def body(i):
-        table = f"free_{app_name(i)}_events"
+        table = f"free_{serialized_app(i)}_events"
+        rows = (" VALUES (gen_random_uuid(), 0, :topic::text, :state::bytea)" if size == 1
+                else " SELECT gen_random_uuid(), 0, :topic::text, :state::bytea"
+                     f" FROM generate_series(1, {size})")
         return (f"INSERT INTO {table} (originator_id, originator_version, topic, state)"
-                f" SELECT gen_random_uuid(), 0, :topic::text, :state::bytea"
-                f" FROM generate_series(1, {size}) RETURNING notification_id;")
+                + rows + " RETURNING notification_id;")
     return body
 
 
 def reset_append_tables(db):
     for i in range(APPS):
-        db.run(f"TRUNCATE lock_{app_name(i)}_events, free_{app_name(i)}_events")
-    db.run("DELETE FROM biomero.events WHERE application_name LIKE 'app%'")
+        db.run(f"TRUNCATE lock_{serialized_app(i)}_events, free_{serialized_app(i)}_events")
+    db.run("DELETE FROM biomero.events WHERE application_name LIKE 'app%'"
+           " OR application_name LIKE 'conc%'")
     settle(db)
+
+
+# Variant names, shared with report.py.
+SERIALIZED = "record_event serialized"
+SERIALIZED_QUIET = "record_event serialized notify=off"
+CONCURRENT = "record_event concurrent"
+BATCH_SERIALIZED = "record_events serialized"
+BATCH_CONCURRENT = "record_events concurrent"
+LOCK = "LOCK TABLE + NOTIFY + INSERT"
+LOCK_QUIET = "LOCK TABLE + INSERT, no NOTIFY"
+UNORDERED = "unordered INSERT"
 
 
 # --------------------------------------------------------------------------------------------
 # Scenarios
 
 
-def scenario_appends(db, pgbench, config, results):
+def create_append_tables(db):
+    db.run(STORED_EVENT_DDL)
     for i in range(APPS):
-        db.run(events_table_ddl(f"lock_{app_name(i)}_events"))
-        db.run(events_table_ddl(f"free_{app_name(i)}_events"))
+        db.run(events_table_ddl(f"lock_{serialized_app(i)}_events"))
+        db.run(events_table_ddl(f"free_{serialized_app(i)}_events"))
+        db.run("SELECT biomero.set_append_mode(%s, 'concurrent')", (concurrent_app(i),))
+
+
+def scenario_appends(db, pgbench, config, results):
     for apps in (1, APPS):
         group = f"append{apps}"
         if not config.wants(group):
             continue
         log(f"single-event appends, {apps} application(s)")
+        serialized = pgbench.script(f"{group}_serialized",
+                                    per_app(apps, record_events_sql(serialized_app, 1)))
         variants = [
-            ("record_event", pgbench.script(f"{group}_record_event",
-                                            per_app(apps, record_event_sql)), 1, "", {"notify": "on"}),
-            ("record_event notify=off", pgbench.script(f"{group}_record_event",
-                                                       per_app(apps, record_event_sql)), 1,
-             "-c biomero.notify=off", {"notify": "off"}),
-            ("LOCK TABLE + INSERT", pgbench.script(f"{group}_lock", per_app(apps, lock_table_sql)),
+            (SERIALIZED, serialized, 1, "", {"notify": "on"}),
+            (SERIALIZED_QUIET, serialized, 1, "-c biomero.notify=off", {"notify": "off"}),
+            (CONCURRENT, pgbench.script(f"{group}_concurrent",
+                                        per_app(apps, record_events_sql(concurrent_app, 1))),
              1, "", {}),
-            ("unordered INSERT", pgbench.script(f"{group}_unordered",
-                                                per_app(apps, unordered_sql)), 1, "", {}),
+            (LOCK, pgbench.script(f"{group}_lock", per_app(apps, eventsourcing_sql(1))),
+             1, "", {}),
+            (LOCK_QUIET, pgbench.script(f"{group}_lock_quiet",
+                                        per_app(apps, eventsourcing_sql(1, notify=False))),
+             1, "", {}),
+            (UNORDERED, pgbench.script(f"{group}_unordered", per_app(apps, unordered_sql(1))),
+             1, "", {}),
         ]
         reset_append_tables(db)
         for clients in config.clients:
@@ -409,44 +461,197 @@ def scenario_appends(db, pgbench, config, results):
             continue
         log(f"batch appends of {size} events, 1 application")
         variants = [
-            ("record_events", pgbench.script(f"{group}_record_events",
-                                             per_app(1, record_events_sql(size))), size, "", {}),
-            ("LOCK TABLE + INSERT", pgbench.script(f"{group}_lock",
-                                                   per_app(1, lock_table_batch_sql(size))),
+            (BATCH_SERIALIZED, pgbench.script(f"{group}_serialized",
+                                              per_app(1, record_events_sql(serialized_app, size))),
              size, "", {}),
-            ("unordered INSERT", pgbench.script(f"{group}_unordered",
-                                                per_app(1, unordered_batch_sql(size))), size, "", {}),
+            (BATCH_CONCURRENT, pgbench.script(f"{group}_concurrent",
+                                              per_app(1, record_events_sql(concurrent_app, size))),
+             size, "", {}),
+            (LOCK, pgbench.script(f"{group}_lock", per_app(1, eventsourcing_sql(size))),
+             size, "", {}),
+            (UNORDERED, pgbench.script(f"{group}_unordered", per_app(1, unordered_sql(size))),
+             size, "", {}),
         ]
         reset_append_tables(db)
-        for clients in config.batch_clients:
+        for clients in config.batch_clients[size]:
             results["points"].extend(measure(pgbench, variants, clients, config, group))
     reset_append_tables(db)
+
+
+# Wake-up latency --------------------------------------------------------------------------------
+
+
+def listener_worker(url, application, barrier, stop, queue):
+    """LISTENs and records, per notification of `application`, when it arrived and the last
+    id it announces."""
+    conn = psycopg2.connect(url)
+    conn.autocommit = True
+    conn.cursor().execute("LISTEN biomero_events")
+    arrivals = []
+    barrier.wait()
+    while not stop.is_set():
+        if not select.select([conn], [], [], 0.05)[0]:
+            continue
+        conn.poll()
+        arrived = time.monotonic()
+        while conn.notifies:
+            payload = json.loads(conn.notifies.pop(0).payload)
+            if payload["application_name"] == application:
+                arrivals.append((arrived, payload["last"]))
+    conn.close()
+    queue.put(("listener", arrivals))
+
+
+def probe_worker(url, application, seconds, barrier, queue):
+    """Appends one event at a time and records each id with when its commit returned."""
+    conn = psycopg2.connect(url)
+    conn.autocommit = True
+    cur = conn.cursor()
+    state = psycopg2.Binary(STATE_JSON.encode())
+    commits = []
+    barrier.wait()
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        cur.execute("SELECT biomero.record_event(%s, gen_random_uuid(), 0, %s, %s)",
+                    (application, TOPIC, state))
+        notification_id = cur.fetchone()[0]
+        commits.append((notification_id, time.monotonic()))
+    conn.close()
+    queue.put(("probe", commits))
+
+
+def wakeup_latencies(commits, arrivals):
+    """Per committed id, seconds from its commit returning to the first notification whose
+    last id covers it (negative: the listener heard before the writer's answer came back).
+    Returns (latencies, ids never covered)."""
+    times = [arrived for arrived, _ in arrivals]
+    covered = list(accumulate((last for _, last in arrivals), max))
+    latencies = []
+    missed = 0
+    for notification_id, committed in commits:
+        index = bisect_left(covered, notification_id)
+        if index == len(covered):
+            missed += 1
+        else:
+            latencies.append(times[index] - committed)
+    return latencies, missed
+
+
+def run_wakeup_round(url, pgbench, point, script, application, seconds, wake):
+    """pgbench writers and the probe append to `application` while the listeners listen."""
+    context = multiprocessing.get_context("fork")
+    barrier = context.Barrier(LISTENERS + 2)
+    stop = context.Event()
+    queue = context.Queue()
+    workers = [context.Process(target=listener_worker,
+                               args=(url, application, barrier, stop, queue))
+               for _ in range(LISTENERS)]
+    workers.append(context.Process(target=probe_worker,
+                                   args=(url, application, seconds, barrier, queue)))
+    for worker in workers:
+        worker.start()
+    barrier.wait()
+    pgbench.run(point, script, seconds)
+    messages = [queue.get(timeout=seconds + 60)]
+    # The last commits' notifications are on their way (the publisher wakes within a
+    # millisecond); a second is ample.
+    time.sleep(1.0)
+    stop.set()
+    messages += [queue.get(timeout=60) for _ in range(LISTENERS)]
+    for worker in workers:
+        worker.join()
+    commits = next(body for kind, body in messages if kind == "probe")
+    for kind, arrivals in messages:
+        if kind == "listener":
+            latencies, missed = wakeup_latencies(commits, arrivals)
+            wake["latencies"].extend(latencies)
+            wake["missed"] += missed
+            wake["notifications"] += len(arrivals)
+    wake["probe_appends"] += len(commits)
+
+
+def scenario_wakeup(db, url, pgbench, config, results):
+    if not config.wants("wakeup"):
+        return
+    log(f"wake-up latency: {WAKEUP_WRITERS} writers to 1 application, {LISTENERS} listeners")
+    modes = [("serialized (the writer's NOTIFY)", serialized_app),
+             ("concurrent (the horizon publisher's NOTIFY)", concurrent_app)]
+    points = {}
+    wakes = {}
+    scripts = {}
+    for variant, application in modes:
+        # pgbench runs all writers but the probe.
+        points[variant] = Point("wakeup", variant, WAKEUP_WRITERS - 1, 1,
+                                writers=WAKEUP_WRITERS, listeners=LISTENERS)
+        wakes[variant] = {"latencies": [], "missed": 0, "notifications": 0, "probe_appends": 0}
+        scripts[variant] = pgbench.script(f"wakeup_{application(0)}",
+                                          per_app(1, record_events_sql(application, 1)))
+    reset_append_tables(db)
+    order = list(range(len(modes)))
+    for round_index in range(config.rounds):
+        sequence = order if round_index % 2 == 0 else list(reversed(order))
+        for index in sequence:
+            variant, application = modes[index]
+            run_wakeup_round(url, pgbench, points[variant], scripts[variant], application(0),
+                             config.seconds / config.rounds, wakes[variant])
+    for variant, _application in modes:
+        point = points[variant]
+        wake = wakes[variant]
+        values = sorted(wake["latencies"])
+        point.extra.update({
+            "wake_p50_ms": round(percentile(values, 0.50) * 1000, 3) if values else None,
+            "wake_p99_ms": round(percentile(values, 0.99) * 1000, 3) if values else None,
+            "wake_max_ms": round(values[-1] * 1000, 3) if values else None,
+            "wake_samples": len(values),
+            "wake_missed": wake["missed"],
+            "notifications_per_listener": wake["notifications"] // LISTENERS,
+            "probe_appends": wake["probe_appends"],
+        })
+        row = point.result()
+        results["points"].append(row)
+        log(f"  wakeup    {variant:44} writers {row['events_per_s']:>8.1f} ev/s"
+            f"  wake-up p50 {row['wake_p50_ms']} ms  p99 {row['wake_p99_ms']} ms"
+            f"  samples {row['wake_samples']}  missed {row['wake_missed']}")
+    reset_append_tables(db)
+
+
+# Reads --------------------------------------------------------------------------------------
 
 
 def scenario_reads(db, pgbench, config, results):
     if not config.wants("read"):
         return
     count = config.read_events
-    log(f"reads: 1,000-row pages of {count:,} stored events")
-    db.run("DELETE FROM biomero.events WHERE application_name = 'reader'")
-    bulk_load(db, "reader", 1, count)
+    log(f"reads: 1,000-row pages of {count:,} stored events, per append mode")
+    readers = [("serialized", "reader"), ("concurrent", "reader_conc")]
+    for _mode, application in readers:
+        db.run("DELETE FROM biomero.events WHERE application_name = %s", (application,))
+        bulk_load(db, application, 1, count)
+    # Switched after the load, so that its counter starts above the loaded ids; one append
+    # of its own, so that its reads take the shared-memory path of a live application.
+    db.run("SELECT biomero.set_append_mode('reader_conc', 'concurrent')")
+    db.run("SELECT biomero.record_event('reader_conc', gen_random_uuid(), 0, %s, %s)",
+           (TOPIC, psycopg2.Binary(STATE_JSON.encode())))
     settle(db, ["biomero.events"])
     setter = f"\\set start random(1, {count - 1000})\n"
-    variants = [
-        ("select_notifications", pgbench.script(
-            "read_select_notifications",
-            setter + "SELECT * FROM biomero.select_notifications('reader', :start, 1000);\n"),
-         1000, "", {}),
-        ("plain SELECT", pgbench.script(
-            "read_plain",
-            setter + "SELECT notification_id, originator_id, originator_version, topic, state"
-            " FROM biomero.events WHERE application_name = 'reader'"
-            " AND notification_id >= :start ORDER BY notification_id LIMIT 1000;\n"),
-         1000, "", {}),
-    ]
+    variants = []
+    for mode, application in readers:
+        variants += [
+            (f"select_notifications ({mode})", pgbench.script(
+                f"read_select_notifications_{mode}",
+                setter + f"SELECT * FROM biomero.select_notifications('{application}',"
+                " :start, 1000);\n"), 1000, "", {"mode": mode}),
+            (f"plain SELECT ({mode})", pgbench.script(
+                f"read_plain_{mode}",
+                setter + "SELECT notification_id, originator_id, originator_version, topic,"
+                f" state FROM biomero.events WHERE application_name = '{application}'"
+                " AND notification_id >= :start ORDER BY notification_id LIMIT 1000;\n"),
+             1000, "", {"mode": mode}),
+        ]
     for clients in config.read_clients:
         results["points"].extend(measure(pgbench, variants, clients, config, "read"))
-    db.run("DELETE FROM biomero.events WHERE application_name = 'reader'")
+    for _mode, application in readers:
+        db.run("DELETE FROM biomero.events WHERE application_name = %s", (application,))
 
 
 # Follower loops -------------------------------------------------------------------------------
@@ -574,12 +779,14 @@ def scenario_followers(db, url, config, results):
                 skipped = db.one(
                     "SELECT coalesce(max(notification_id), 0) - count(DISTINCT notification_id)"
                     " FROM read_model")
-                points[kind].extra["duplicates"] = points[kind].extra.get("duplicates", 0) + duplicates
-                points[kind].extra["skipped"] = points[kind].extra.get("skipped", 0) + skipped
+                extra = points[kind].extra
+                extra["duplicates"] = extra.get("duplicates", 0) + duplicates
+                extra["skipped"] = extra.get("skipped", 0) + skipped
         for kind in order:
             row = points[kind].result()
             results["points"].append(row)
-            log(f"  follower  {row['variant']:26} p={processes:<3} {row['events_per_s']:>10.1f} ev/s"
+            log(f"  follower  {row['variant']:36} p={processes:<3}"
+                f" {row['events_per_s']:>10.1f} ev/s"
                 f"  p50 {row['p50_ms']} ms  p99 {row['p99_ms']} ms  errors {row['errors']}"
                 f"  duplicates {row['duplicates']}  skipped {row['skipped']}")
     db.run("DELETE FROM biomero.events WHERE application_name = %s", (UPSTREAM,))
@@ -668,7 +875,8 @@ SETTINGS = [
     "server_version", "shared_buffers", "max_connections", "fsync", "synchronous_commit",
     "wal_sync_method", "full_page_writes", "wal_level", "wal_buffers", "max_wal_size",
     "checkpoint_timeout", "commit_delay", "work_mem", "effective_cache_size",
-    "autovacuum", "jit", "default_transaction_isolation", "biomero.notify",
+    "autovacuum", "jit", "default_transaction_isolation", "shared_preload_libraries",
+    "max_worker_processes", "biomero.notify",
 ]
 
 
@@ -687,7 +895,7 @@ def describe_server(db):
     return settings, {name: value for name, value in changed}
 
 
-def describe_machine():
+def describe_machine(pgbench):
     memory = None
     with open("/proc/meminfo") as handle:
         for line in handle:
@@ -706,7 +914,7 @@ def describe_machine():
         "kernel": platform.release(),
         "os": subprocess.run(["sh", "-c", ". /etc/os-release && echo $PRETTY_NAME"],
                              capture_output=True, text=True).stdout.strip(),
-        "pgbench": subprocess.run([PGBENCH, "--version"], capture_output=True,
+        "pgbench": subprocess.run([pgbench, "--version"], capture_output=True,
                                   text=True).stdout.strip(),
         "python": platform.python_version(),
         "psycopg2": psycopg2.__version__.split()[0],
@@ -719,6 +927,7 @@ def describe_machine():
 def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--url", required=True)
+    parser.add_argument("--pgbench", required=True, help="the server's pgbench")
     parser.add_argument("--library-info", default="{}")
     parser.add_argument("--out", required=True)
     arguments = parser.parse_args()
@@ -744,7 +953,7 @@ def main():
             "seconds_per_point": config.seconds,
             "rounds": config.rounds,
             "started": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
-            "machine": describe_machine(),
+            "machine": describe_machine(arguments.pgbench),
             "settings": settings,
             "changed_settings": changed,
             "library": json.loads(arguments.library_info),
@@ -763,13 +972,16 @@ def main():
     log("settings changed from PostgreSQL's defaults: "
         + ", ".join(f"{name}={value}" for name, value in changed.items()))
     started = time.monotonic()
-    pgbench = Pgbench(arguments.url, workdir, config)
+    pgbench = Pgbench(arguments.pgbench, arguments.url, workdir, config)
 
     def save():
         results["meta"]["elapsed_seconds"] = round(time.monotonic() - started, 1)
         out.write_text(json.dumps(results, indent=1))
 
+    create_append_tables(db)
     scenario_appends(db, pgbench, config, results)
+    save()
+    scenario_wakeup(db, arguments.url, pgbench, config, results)
     save()
     scenario_followers(db, arguments.url, config, results)
     save()

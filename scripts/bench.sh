@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Benchmark of biomero_tracking (not part of the tests); docs/benchmarks.md explains it.
-#   bash scripts/bench.sh                 full run (about 21 minutes on 2 cores); rewrites
+#   bash scripts/bench.sh                 full run (about 28 minutes on 2 cores); rewrites
 #                                         docs/benchmarks.md and docs/benchmarks.png
 #   BENCH_QUICK=1 bash scripts/bench.sh   a short run of every scenario, report in bench/results/
 # Environment:
@@ -8,8 +8,8 @@
 #                   working tree, in a separate target directory (/var/tmp/biomero-bench-target)
 #   BENCH_PACKAGE   measure this `cargo pgrx package --out-dir` directory instead of building
 #   BENCH_SETUP_SQL a SQL file run in the benchmark database before measuring (to try a change)
-#   BENCH_ONLY      comma-separated groups: append1, append8, batch10, batch100, follower, read,
-#                   growth
+#   BENCH_ONLY      comma-separated groups: append1, append8, batch10, batch100, wakeup,
+#                   follower, read, growth
 #   BENCH_SECONDS   seconds per point; BENCH_OUT report directory; BENCH_PG_OPTIONS more
 #                   server -c options
 # Needs what scripts/setup.sh installs; runs as root like the other scripts.
@@ -89,8 +89,9 @@ cp -a "$package/usr/." "$pg/usr/"
 bin="$pg/usr/lib/postgresql/$PG_MAJOR/bin"
 
 # Server settings: PostgreSQL's defaults (fsync and synchronous_commit on) except memory and
-# checkpoint spacing, so that the bulk loads neither thrash nor checkpoint during a point.
-options="-c shared_buffers=2GB -c max_wal_size=8GB -c checkpoint_timeout=30min -c max_connections=300 ${BENCH_PG_OPTIONS:-}"
+# checkpoint spacing, so that the bulk loads neither thrash nor checkpoint during a point; the
+# library preloaded, which concurrent append mode needs.
+options="-c shared_buffers=2GB -c max_wal_size=8GB -c checkpoint_timeout=30min -c max_connections=300 -c shared_preload_libraries=biomero_tracking ${BENCH_PG_OPTIONS:-}"
 port=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
 install -d -o postgres -g postgres "$data" "$work/run"
 say "starting a throwaway cluster on port $port"
@@ -107,7 +108,8 @@ info=$(printf '{"built": "%s", "sha256": "%s", "bytes": %s, "commit": "%s", "unc
 
 mkdir -p bench/results
 results="bench/results/$run_id.json"
-"$venv/bin/python" bench/bench.py --url "$url" --library-info "$info" --out "$results"
+"$venv/bin/python" bench/bench.py --url "$url" --pgbench "$bin/pgbench" --library-info "$info" \
+    --out "$results"
 
 if [ "${BENCH_QUICK:-0}" = 1 ]; then
     out=${BENCH_OUT:-bench/results/$run_id}
