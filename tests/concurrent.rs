@@ -40,12 +40,7 @@ fn readers_wait_for_an_earlier_id_still_in_flight() {
         assert_eq!(page(&mut reader, &application, 0), Vec::<i64>::new());
         assert_eq!(head(&mut reader, &application), None);
         // A reader whose snapshot sees 2 but not 1 ...
-        let mut old = reader
-            .build_transaction()
-            .isolation_level(IsolationLevel::RepeatableRead)
-            .start()
-            .unwrap();
-        old.query_one("SELECT 1", &[]).unwrap();
+        let mut old = snapshot_transaction(&mut reader, IsolationLevel::RepeatableRead);
         if outcome == "commit" {
             first.commit().unwrap();
             // ... still gets nothing after 1 committed: it cannot see 1, so it must not
@@ -348,13 +343,8 @@ fn hunt(plan: Plan, seconds: u64, raw_readers: bool) -> Hunt {
                 let mut round = reader;
                 loop {
                     let finishing = writers_done.load(Ordering::Relaxed);
-                    let mut tx = client
-                        .build_transaction()
-                        .isolation_level(isolation(round))
-                        .start()
-                        .unwrap();
+                    let mut tx = snapshot_transaction(&mut client, isolation(round));
                     round += 1;
-                    tx.query_one("SELECT 1", &[]).unwrap();
                     thread::sleep(Duration::from_micros(rng.gen_range(0..2000)));
                     let rows = if raw_readers {
                         tx.query(

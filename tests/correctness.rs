@@ -22,12 +22,7 @@ fn a_claim_never_returns_a_position_older_than_the_latest_committed() {
         append_one(&mut a, &upstream);
         // B's snapshot predates A's first position of the pair: the tracking row does not
         // exist in it at all.
-        let mut late = b
-            .build_transaction()
-            .isolation_level(isolation)
-            .start()
-            .unwrap();
-        late.query_one("SELECT 1", &[]).unwrap();
+        let mut late = snapshot_transaction(&mut b, isolation);
         let mut first = a.transaction().unwrap();
         let position: i64 = first
             .query_one("SELECT biomero.claim($1, $2)", &[&follower, &upstream])

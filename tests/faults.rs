@@ -384,15 +384,8 @@ fn check_next_sessions_proceed(applications: &[String], follower: &str, upstream
         assert_eq!(ids, vec![head + 1, head + 2], "next ids continue the log");
     }
     client.batch_execute("BEGIN").unwrap();
-    let claimed: Option<i64> = client
-        .query_one(
-            "SELECT biomero.claim($1, $2, wait => false)",
-            &[&follower, &upstream],
-        )
-        .unwrap()
-        .get(0);
     assert!(
-        claimed.is_some(),
+        try_claim(&mut client, follower, upstream).is_some(),
         "the claim is still held by a dead session"
     );
     client.batch_execute("COMMIT").unwrap();

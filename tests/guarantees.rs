@@ -31,11 +31,7 @@ fn appends_to_different_applications_never_wait_for_each_other() {
     register(&mut connect(), &busy);
     let mut holder = connect();
     let mut tx = holder.transaction().unwrap();
-    tx.query_one(
-        "SELECT biomero.record_event($1, $2::text::uuid, 0, 't', '')",
-        &[&busy, &random_uuid()],
-    )
-    .unwrap();
+    append_one(&mut tx, &busy);
 
     let mut other = connect();
     other.batch_execute("SET lock_timeout = '5s'").unwrap();
@@ -106,14 +102,7 @@ fn extension_locks_cannot_collide_with_user_advisory_locks() {
     }
     assert_eq!(record(&mut ours, &application).unwrap(), 2);
     let mut claim = ours.transaction().unwrap();
-    let position: Option<i64> = claim
-        .query_one(
-            "SELECT biomero.claim($1, $2, wait => false)",
-            &[&follower, &upstream],
-        )
-        .unwrap()
-        .get(0);
-    assert_eq!(position, Some(0));
+    assert_eq!(try_claim(&mut claim, &follower, &upstream), Some(0));
     // ... and our locks show in pg_locks with their own objsubid, not 1 or 2, keyed by ids.
     let held: Vec<(i16, i64, i64)> = claim
         .query(
@@ -150,11 +139,7 @@ fn distinct_names_never_share_a_lock() {
     register(&mut connect(), &upstream);
     let mut holder = connect();
     let mut tx = holder.transaction().unwrap();
-    tx.query_one(
-        "SELECT biomero.record_event($1, $2::text::uuid, 0, 't', '')",
-        &[&a, &random_uuid()],
-    )
-    .unwrap();
+    append_one(&mut tx, &a);
     tx.query_one("SELECT biomero.claim($1, $2)", &[&a, &upstream])
         .unwrap();
 
@@ -164,14 +149,7 @@ fn distinct_names_never_share_a_lock() {
     assert_eq!(record(&mut other, &b).unwrap(), 1);
     // ... and B's claim is free while only A's is held.
     let mut claim = other.transaction().unwrap();
-    let position: Option<i64> = claim
-        .query_one(
-            "SELECT biomero.claim($1, $2, wait => false)",
-            &[&b, &upstream],
-        )
-        .unwrap()
-        .get(0);
-    assert_eq!(position, Some(0));
+    assert_eq!(try_claim(&mut claim, &b, &upstream), Some(0));
     claim.commit().unwrap();
     tx.commit().unwrap();
 
@@ -208,14 +186,7 @@ fn a_rolled_back_append_leaves_no_hole_and_a_waiting_writer_takes_its_id() {
     let application = unique_name("Rollback");
     let mut first = connect();
     let mut tx = first.transaction().unwrap();
-    let id: i64 = tx
-        .query_one(
-            "SELECT biomero.record_event($1, $2::text::uuid, 0, 't', '')",
-            &[&application, &random_uuid()],
-        )
-        .unwrap()
-        .get(0);
-    assert_eq!(id, 1);
+    assert_eq!(append_one(&mut tx, &application), 1);
     let waiting = {
         let application = application.clone();
         thread::spawn(move || record(&mut connect(), &application).unwrap())
@@ -246,15 +217,9 @@ fn a_waiting_claimer_sees_the_position_the_holder_committed() {
     assert_eq!(position, 0);
 
     let mut other = connect();
-    let busy: Option<i64> = other
-        .query_one(
-            "SELECT biomero.claim($1, $2, wait => false)",
-            &[&follower, &upstream],
-        )
-        .unwrap()
-        .get(0);
     assert_eq!(
-        busy, None,
+        try_claim(&mut other, &follower, &upstream),
+        None,
         "wait => false returns NULL while another transaction holds it"
     );
 
@@ -292,11 +257,7 @@ fn locks_are_transaction_scoped_only() {
     let mut tx = client.transaction().unwrap();
     tx.execute("SELECT biomero.claim($1, $2)", &[&follower, &upstream])
         .unwrap();
-    tx.execute(
-        "SELECT biomero.record_event($1, $2::text::uuid, 0, 't', '')",
-        &[&application, &random_uuid()],
-    )
-    .unwrap();
+    append_one(&mut tx, &application);
     assert_eq!(tx.query_one(held, &[]).unwrap().get::<_, i64>(0), 2);
     tx.commit().unwrap();
     // A pooler may hand this connection to another client now: nothing may stay held.
@@ -437,31 +398,14 @@ fn stricter_isolation_levels_see_contention_only_as_retryable_serialization_fail
 
         // An append reads the head with the latest snapshot under its lock, so a commit after
         // the transaction's snapshot is built on, not a conflict.
-        let mut tx = stale
-            .build_transaction()
-            .isolation_level(isolation)
-            .start()
-            .unwrap();
-        tx.query_one("SELECT 1", &[]).unwrap();
+        let mut tx = snapshot_transaction(&mut stale, isolation);
         record(&mut other, &application).unwrap();
-        let id: i64 = tx
-            .query_one(
-                "SELECT biomero.record_event($1, $2::text::uuid, 0, 't', '')",
-                &[&application, &random_uuid()],
-            )
-            .unwrap()
-            .get(0);
-        assert_eq!(id, 3, "{isolation:?}");
+        assert_eq!(append_one(&mut tx, &application), 3, "{isolation:?}");
         tx.commit().unwrap();
 
         // A position moved after the snapshot is a conflict to retry, for tracking and claims.
         for (function, position) in [("record_tracking", 5i64), ("claim", 9)] {
-            let mut tx = stale
-                .build_transaction()
-                .isolation_level(isolation)
-                .start()
-                .unwrap();
-            tx.query_one("SELECT 1", &[]).unwrap();
+            let mut tx = snapshot_transaction(&mut stale, isolation);
             other
                 .execute(
                     "SELECT biomero.record_tracking($1, $2, $3)",
@@ -502,11 +446,7 @@ fn appends_notify_listeners_at_commit_only() {
     listener.batch_execute("LISTEN biomero_events").unwrap();
     let mut writer = connect();
     let mut tx = writer.transaction().unwrap();
-    tx.query_one(
-        "SELECT biomero.record_event($1, $2::text::uuid, 0, 't', '')",
-        &[&application, &random_uuid()],
-    )
-    .unwrap();
+    append_one(&mut tx, &application);
     tx.rollback().unwrap();
     let mut tx = writer.transaction().unwrap();
     tx.query_one(

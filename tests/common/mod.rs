@@ -8,7 +8,7 @@
 //! `cluster.rs` (servers of their own) and `follower.rs` (the follower step).
 
 use postgres::error::SqlState;
-use postgres::{Client, GenericClient};
+use postgres::{Client, GenericClient, IsolationLevel, Transaction};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::OnceLock;
 
@@ -30,6 +30,19 @@ pub fn connect() -> Client {
         .batch_execute("SET log_statement = 'none'; SET log_min_duration_statement = -1")
         .unwrap();
     client
+}
+
+/// A transaction at `isolation` whose snapshot is taken at once (by a first statement), so
+/// that what commits afterwards is not in it.
+#[allow(dead_code)]
+pub fn snapshot_transaction(client: &mut Client, isolation: IsolationLevel) -> Transaction<'_> {
+    let mut transaction = client
+        .build_transaction()
+        .isolation_level(isolation)
+        .start()
+        .unwrap();
+    transaction.query_one("SELECT 1", &[]).unwrap();
+    transaction
 }
 
 /// A new session whose lock waits end after `lock_timeout`: a lock left held then fails the
@@ -232,6 +245,19 @@ pub fn set_append_mode(client: &mut Client, application: &str, mode: &str) {
             &[&application, &mode],
         )
         .unwrap();
+}
+
+/// The claim of `follower` on `upstream` without waiting (`wait => false`): the position, or
+/// None while another transaction holds the claim.
+#[allow(dead_code)]
+pub fn try_claim(client: &mut impl GenericClient, follower: &str, upstream: &str) -> Option<i64> {
+    client
+        .query_one(
+            "SELECT biomero.claim($1, $2, wait => false)",
+            &[&follower, &upstream],
+        )
+        .unwrap()
+        .get(0)
 }
 
 /// The next notification ids of application `$1` after id `$2`, at most `$3` of them: a page
