@@ -266,26 +266,41 @@ WHERE a.atttypid IS NULL
    OR format_type(a.atttypid, NULL) <> ALL (string_to_array(x.accepted, ' or '))
 $function$;
 
--- Refuses a source that is not an ordinary or partitioned table of ordinary tables, or that
--- has row-level security (whose policies would run as the caller), or that the caller may not
--- read and lock.
+-- Refuses a source that is not a plain table as the libraries create it, or that the caller
+-- may not read and lock. Planning a read of a table evaluates code its owner can define
+-- (index and statistics expressions, index predicates, CHECK constraints, generated columns,
+-- row-level security policies), which would run as the caller: a source with any of these
+-- is refused. (Operator classes, the other way, need a superuser to create.)
 CREATE FUNCTION biomero.check_import_source(source regclass, what text)
-RETURNS text
+RETURNS void
 LANGUAGE plpgsql STABLE
 SET search_path = pg_catalog, pg_temp
 AS $function$
 DECLARE
-    kind "char";
-    secured boolean;
+    reason text;
 BEGIN
-    SELECT c.relkind, c.relrowsecurity INTO kind, secured FROM pg_class AS c WHERE c.oid = source;
-    IF kind NOT IN ('r', 'p') OR secured OR EXISTS (
-        SELECT FROM pg_partition_tree(source) AS t JOIN pg_class AS c ON c.oid = t.relid
-        WHERE t.isleaf AND (c.relkind <> 'r' OR c.relrowsecurity))
-    THEN
+    SELECT CASE
+        WHEN c.relkind <> 'r' THEN 'it is not an ordinary table'
+        WHEN c.relrowsecurity THEN 'it has row-level security'
+        WHEN EXISTS (SELECT FROM pg_attribute AS a
+                     WHERE a.attrelid = source AND a.attnum > 0 AND NOT a.attisdropped
+                       AND a.attgenerated <> '') THEN 'it has generated columns'
+        WHEN EXISTS (SELECT FROM pg_constraint AS k
+                     WHERE k.conrelid = source AND k.contype = 'c') THEN 'it has CHECK constraints'
+        WHEN EXISTS (SELECT FROM pg_index AS i
+                     WHERE i.indrelid = source
+                       AND (i.indexprs IS NOT NULL OR i.indpred IS NOT NULL))
+            THEN 'it has an index on expressions or a partial index'
+        WHEN EXISTS (SELECT FROM pg_statistic_ext AS x
+                     WHERE x.stxrelid = source AND x.stxexprs IS NOT NULL)
+            THEN 'it has statistics on expressions'
+    END
+    INTO reason
+    FROM pg_class AS c WHERE c.oid = source;
+    IF reason IS NOT NULL THEN
         RAISE EXCEPTION USING ERRCODE = 'wrong_object_type',
-            MESSAGE = format('%s must be an ordinary or partitioned table without row-level '
-                             'security, as eventsourcing creates its %s table', source, what);
+            MESSAGE = format('%s is not a table as eventsourcing creates its %s table: %s',
+                             source, what, reason);
     END IF;
     IF NOT has_table_privilege(source, 'SELECT')
        OR NOT (has_table_privilege(source, 'UPDATE') OR has_table_privilege(source, 'DELETE')
@@ -295,9 +310,6 @@ BEGIN
             DETAIL = 'The import reads the table and holds it in SHARE mode: it needs SELECT '
                      'and one of UPDATE, DELETE or TRUNCATE on it.';
     END IF;
-    -- Partitioned tables are read through their partitions; an ordinary table without its
-    -- inheritance children, which eventsourcing never creates.
-    RETURN CASE kind WHEN 'p' THEN '' ELSE 'ONLY ' END;
 END;
 $function$;
 
@@ -318,7 +330,6 @@ AS $function$
 DECLARE
     target text := import_eventsourcing.application_name;
     upstream text := import_eventsourcing.upstream_application_name;
-    scope text;
     source_id text;
     wrong text;
     head bigint;
@@ -339,7 +350,7 @@ BEGIN
             MESSAGE = 'events_table must be an eventsourcing events table, not biomero.events';
     END IF;
 
-    scope := biomero.check_import_source(events_table, 'events');
+    PERFORM biomero.check_import_source(events_table, 'events');
     -- The notification id column: notification_id (eventsourcing) or id
     -- (eventsourcing-sqlalchemy); one of two fixed expressions, never a name from input.
     source_id := CASE WHEN EXISTS (
@@ -379,14 +390,14 @@ BEGIN
                               WHERE v.application_name = $1
                                 AND v.originator_id = s.originator_id::text::uuid
                                 AND v.originator_version = s.originator_version) AS taken
-               FROM %3$s%1$s AS s) AS s
+               FROM ONLY %1$s AS s) AS s
          LEFT JOIN LATERAL (
              SELECT e.notification_id,
                     e.originator_id = s.originator_id AND e.originator_version = s.originator_version
                         AND e.topic = s.topic AND e.state = s.state AS same
              FROM biomero.events AS e
              WHERE e.application_name = $1 AND e.notification_id = s.id) AS e ON true',
-        events_table, source_id, scope)
+        events_table, source_id)
     USING target, head
     INTO source_rows, present, conflicting, passed;
     IF conflicting > 0 THEN
@@ -409,17 +420,17 @@ BEGIN
         'INSERT INTO biomero.events (application_name, notification_id,
                                      originator_id, originator_version, topic, state)
          SELECT $1, %2$s, s.originator_id::text::uuid, s.originator_version, s.topic, s.state
-         FROM %3$s%1$s AS s
+         FROM ONLY %1$s AS s
          WHERE %2$s > $2
          ORDER BY %2$s',
-        events_table, source_id, scope)
+        events_table, source_id)
     USING target, head;
     GET DIAGNOSTICS events_imported = ROW_COUNT;
     events_already_present := present;
 
     positions_advanced := 0;
     IF tracking_table IS NOT NULL THEN
-        scope := biomero.check_import_source(tracking_table, 'tracking');
+        PERFORM biomero.check_import_source(tracking_table, 'tracking');
         wrong := biomero.unexpected_columns(tracking_table, ARRAY[
             ['application_name', 'text or character varying'],
             ['notification_id', 'bigint or integer']]);
@@ -436,7 +447,7 @@ BEGIN
             'INSERT INTO biomero.tracking AS t
                  (application_name, upstream_application_name, notification_id)
              SELECT $1, s.application_name, max(s.notification_id)
-             FROM %2$s%1$s AS s
+             FROM ONLY %1$s AS s
              WHERE s.notification_id > 0 AND length(s.application_name) BETWEEN 1 AND 255
                AND s.application_name <> $3
                AND ($2::text IS NULL OR s.application_name = $2)
@@ -444,7 +455,7 @@ BEGIN
              ON CONFLICT (application_name, upstream_application_name) DO UPDATE
                  SET notification_id = excluded.notification_id
                  WHERE t.notification_id < excluded.notification_id',
-            tracking_table, scope)
+            tracking_table)
         USING target, upstream, '__migration__';
         GET DIAGNOSTICS positions_advanced = ROW_COUNT;
     END IF;

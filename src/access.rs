@@ -81,6 +81,11 @@ pub struct AsOwner {
 /// Switches to the schema owner for the statements of `function`, which needs the current
 /// release's tables: a database whose extension was not updated yet says so.
 pub fn as_owner(function: &'static str) -> Result<AsOwner> {
+    // SAFETY: reads shared state. Refused before anything touches shared memory: a standby's
+    // shared memory must not hold append state a promotion would keep.
+    if unsafe { pg_sys::RecoveryInProgress() } {
+        return Err(Error::ReadOnly(function));
+    }
     let owner = schema_owner()?;
     if !registry_exists() {
         return Err(Error::UpdateRequired(function));

@@ -64,6 +64,10 @@ pub enum Error {
     #[error("{0}")]
     NotSupported(String),
 
+    /// A write on a hot standby.
+    #[error("cannot run {0} during recovery: the server is a hot standby")]
+    ReadOnly(&'static str),
+
     /// A function of an older release called before `ALTER EXTENSION … UPDATE`.
     #[error("{0} needs the extension's update: run ALTER EXTENSION biomero_tracking UPDATE")]
     UpdateRequired(&'static str),
@@ -89,6 +93,7 @@ impl Error {
             }
             Error::CapacityExceeded(_) => PgSqlErrorCode::ERRCODE_CONFIGURATION_LIMIT_EXCEEDED,
             Error::NotSupported(_) => PgSqlErrorCode::ERRCODE_FEATURE_NOT_SUPPORTED,
+            Error::ReadOnly(_) => PgSqlErrorCode::ERRCODE_READ_ONLY_SQL_TRANSACTION,
             Error::Internal(_) => PgSqlErrorCode::ERRCODE_INTERNAL_ERROR,
         }
     }

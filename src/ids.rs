@@ -83,12 +83,14 @@ pub fn ready(name: &str, application: &Application, entry: &EntryRef) -> Result<
     // The append lock waits out serialized appends and mode changes in progress; no
     // concurrent append can have begun, as none does before the entry is ready.
     locks::append(name, application.id)?;
-    if entry.is_ready() {
-        return Ok(());
+    if !entry.is_ready() {
+        let committed = registry::find(name, Snapshot::Latest)?
+            .ok_or_else(|| Error::Internal(format!("application \"{name}\" is not registered")))?;
+        entry.initialize(committed.mode, head(name)?.unwrap_or(0).saturating_add(1));
     }
-    let committed = registry::find(name, Snapshot::Latest)?
-        .ok_or_else(|| Error::Internal(format!("application \"{name}\" is not registered")))?;
-    entry.initialize(committed.mode, head(name)?.unwrap_or(0).saturating_add(1));
+    // Held only for the initialization (this hold; one taken before stays): concurrent
+    // writers do not keep it to their commit.
+    locks::release_append(application.id);
     Ok(())
 }
 

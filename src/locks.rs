@@ -6,8 +6,9 @@
 //! functions only ever use 1 (bigint key) and 2 (two int4 keys) there, so no lock a user's code
 //! takes can collide with these, and distinct applications never share one. In `pg_locks` they
 //! show as `locktype = 'advisory'`, `classid` = the application id, `objid` = the upstream id
-//! and `objsubid` = the kind. All locks are transaction-scoped: they are released at commit or
-//! rollback, which keeps the extension safe behind transaction-pooling connection poolers.
+//! and `objsubid` = the kind. All locks are transaction-scoped and belong to the top
+//! transaction: they are released at its commit or rollback (not at a `ROLLBACK TO
+//! SAVEPOINT`), which keeps the extension safe behind transaction-pooling connection poolers.
 
 use crate::error::{Error, Result};
 use pgrx::pg_sys;
@@ -51,6 +52,7 @@ pub fn acquire(
 ) -> Result<bool> {
     let tag = lock_tag(kind, first, second);
     let acquired = PgTryBuilder::new(|| {
+        let _top = TopTransactionOwner::switch();
         // SAFETY: a valid tag on the stack; ExclusiveLock on the user lock method is what
         // pg_advisory_xact_lock takes; sessionLock = false makes it transaction-scoped.
         let result = unsafe {
@@ -71,6 +73,38 @@ pub fn acquire(
     })
     .execute();
     Ok(acquired)
+}
+
+/// While alive, locks taken belong to the top transaction, so that a subtransaction's
+/// rollback does not release them early (a claim is held, and a mode change keeps appends
+/// waiting, until the transaction ends).
+struct TopTransactionOwner(pg_sys::ResourceOwner);
+
+impl TopTransactionOwner {
+    fn switch() -> Self {
+        // SAFETY: resource owners of the current transaction; restored on drop (also when a
+        // lock wait is cut by an error, as the unwinding drops this guard).
+        unsafe {
+            let saved = pg_sys::CurrentResourceOwner;
+            pg_sys::CurrentResourceOwner = pg_sys::TopTransactionResourceOwner;
+            TopTransactionOwner(saved)
+        }
+    }
+}
+
+impl Drop for TopTransactionOwner {
+    fn drop(&mut self) {
+        // SAFETY: restores what switch saved.
+        unsafe { pg_sys::CurrentResourceOwner = self.0 };
+    }
+}
+
+/// Releases one hold of the append lock of application `id` taken by [`append`].
+pub fn release_append(id: i32) {
+    let tag = lock_tag(LockKind::Append, id, 0);
+    let _top = TopTransactionOwner::switch();
+    // SAFETY: releases a hold this transaction took with the top transaction's owner.
+    unsafe { pg_sys::LockRelease(&tag, pg_sys::ExclusiveLock as pg_sys::LOCKMODE, false) };
 }
 
 /// The append lock of `application` (id `id`), waited for.

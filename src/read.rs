@@ -89,7 +89,11 @@ fn readable_bound(application_name: Option<&str>) -> Result<Option<i64>, ErrorRe
         let Some(registered) = registry::find(application, Snapshot::Caller)? else {
             return Ok(None);
         };
-        if in_recovery() {
+        // SAFETY: the snapshot of the statement that called this function.
+        let snapshot = unsafe { pg_sys::GetActiveSnapshot() };
+        // A snapshot taken on a standby keeps the standby's view after a promotion: it reads
+        // up to the horizon the primary published, which that view includes.
+        if in_recovery() || unsafe { (*snapshot).takenDuringRecovery } {
             return Ok(registered.published_horizon);
         }
         let Some(shared) = shared::shared() else {
@@ -102,8 +106,6 @@ fn readable_bound(application_name: Option<&str>) -> Result<Option<i64>, ErrorRe
             // No concurrent append has begun since the server started.
             return Ok(None);
         }
-        // SAFETY: the snapshot of the statement that called this function.
-        let snapshot = unsafe { pg_sys::GetActiveSnapshot() };
         Ok(entry.readable_bound(snapshot))
     })?)
 }

@@ -116,15 +116,25 @@ pub fn register_unless_busy(name: &str) -> Result<Option<Application>> {
 }
 
 /// Runs `body` in a subtransaction with lock waits cut at once; None when it would have had to
-/// wait for a lock (the subtransaction is rolled back, the caller's transaction goes on).
+/// wait for a lock (the subtransaction is rolled back, the caller's transaction goes on). Any
+/// other error rolls the subtransaction back too and is raised again.
 fn without_waiting<T>(body: impl FnOnce() -> Result<T>) -> Result<Option<T>> {
     // SAFETY: the subtransaction pattern of PL/pgSQL's exception blocks: the memory context
     // and resource owner are restored whatever happens, and the subtransaction is released
-    // or rolled back before returning. The lock_timeout set inside it is a saved value,
-    // restored when the subtransaction ends.
+    // or rolled back before returning or raising. The lock_timeout set inside it is a saved
+    // value, restored when the subtransaction ends.
     unsafe {
         let context = pg_sys::CurrentMemoryContext;
         let owner = pg_sys::CurrentResourceOwner;
+        let leave = |commit: bool| {
+            if commit {
+                pg_sys::ReleaseCurrentSubTransaction();
+            } else {
+                pg_sys::RollbackAndReleaseCurrentSubTransaction();
+            }
+            pg_sys::MemoryContextSwitchTo(context);
+            pg_sys::CurrentResourceOwner = owner;
+        };
         pg_sys::BeginInternalSubTransaction(std::ptr::null());
         pg_sys::MemoryContextSwitchTo(context);
         let outcome = PgTryBuilder::new(std::panic::AssertUnwindSafe(|| {
@@ -141,13 +151,12 @@ fn without_waiting<T>(body: impl FnOnce() -> Result<T>) -> Result<Option<T>> {
             Some(body())
         }))
         .catch_when(PgSqlErrorCode::ERRCODE_LOCK_NOT_AVAILABLE, |_| None)
+        .catch_others(|caught| {
+            leave(false);
+            caught.rethrow()
+        })
         .execute();
-        match &outcome {
-            Some(Ok(_)) => pg_sys::ReleaseCurrentSubTransaction(),
-            _ => pg_sys::RollbackAndReleaseCurrentSubTransaction(),
-        }
-        pg_sys::MemoryContextSwitchTo(context);
-        pg_sys::CurrentResourceOwner = owner;
+        leave(matches!(outcome, Some(Ok(_))));
         outcome.transpose()
     }
 }

@@ -10,9 +10,10 @@
 //! The horizon of an application is the highest id below every id still in flight. A reader
 //! must return nothing its snapshot cannot prove settled: [`EntryRef::readable_bound`] takes
 //! the horizon as of now and lowers it below any id committed by a transaction the reader's
-//! snapshot still sees as running (from the recent commits, exactly for the last
-//! [`RECENT`] and conservatively for older ones). So a reader that has seen id N never later
-//! finds a new id <= N, whatever its isolation level, and no unrelated transaction holds it back.
+//! snapshot still sees as running (from the recent commits: exactly for the last [`RECENT`],
+//! by transaction id; for older ones by when they committed, see [`Commit::next`]). So a
+//! reader that has seen id N never later finds a new id <= N, whatever its isolation level,
+//! and no unrelated transaction holds it back.
 //!
 //! Ordering (all atomics SeqCst): a writer assigns its transaction id, counts itself in
 //! `in_flight`, checks the mode, publishes its slot with `lowest` = the counter, then takes ids
@@ -70,34 +71,31 @@ pub fn register_settings() {
 struct Commit {
     xid: u64,
     lowest: i64,
+    /// The next transaction id when the commit was already visible. A snapshot whose xmax is
+    /// above it was taken after a transaction with a later id completed, so after this
+    /// commit: it sees it.
+    next: u64,
 }
 
-/// Commits folded together: any snapshot that may see one of them as running is held below
-/// the lowest id of all of them.
+/// Commits folded together: a snapshot that may have been taken before one of them is held
+/// below the lowest id of all of them.
 #[repr(C)]
 #[derive(Clone, Copy, Default)]
 struct Summary {
-    min_xid: u64,
     max_xid: u64,
+    max_next: u64,
     min_lowest: i64,
     count: u32,
 }
 
 impl Summary {
-    fn add(&mut self, xid: u64, lowest: i64) {
-        if self.count == 0 {
-            *self = Summary {
-                min_xid: xid,
-                max_xid: xid,
-                min_lowest: lowest,
-                count: 1,
-            };
-        } else {
-            self.min_xid = self.min_xid.min(xid);
-            self.max_xid = self.max_xid.max(xid);
-            self.min_lowest = self.min_lowest.min(lowest);
-            self.count += 1;
-        }
+    fn add(&mut self, commit: &Commit) {
+        self.merge(&Summary {
+            max_xid: commit.xid,
+            max_next: commit.next,
+            min_lowest: commit.lowest,
+            count: 1,
+        });
     }
 
     fn merge(&mut self, other: &Summary) {
@@ -107,10 +105,10 @@ impl Summary {
         if self.count == 0 {
             *self = *other;
         } else {
-            self.min_xid = self.min_xid.min(other.min_xid);
             self.max_xid = self.max_xid.max(other.max_xid);
+            self.max_next = self.max_next.max(other.max_next);
             self.min_lowest = self.min_lowest.min(other.min_lowest);
-            self.count += other.count;
+            self.count = self.count.saturating_add(other.count);
         }
     }
 }
@@ -133,7 +131,7 @@ impl Commits {
         let at = self.recent_next as usize;
         if (self.recent_len as usize) == RECENT {
             let evicted = self.recent[at];
-            self.folding.add(evicted.xid, evicted.lowest);
+            self.folding.add(&evicted);
             if self.folding.count == SUMMARY_SPAN {
                 let at = self.summaries_next as usize;
                 if (self.summaries_len as usize) == SUMMARIES {
@@ -235,6 +233,7 @@ pub fn install_hooks() {
         PREVIOUS_STARTUP_HOOK = pg_sys::shmem_startup_hook;
         pg_sys::shmem_startup_hook = Some(startup);
         pg_sys::RegisterXactCallback(Some(on_transaction_end), std::ptr::null_mut());
+        pg_sys::RegisterSubXactCallback(Some(on_subtransaction_end), std::ptr::null_mut());
     }
 }
 
@@ -700,12 +699,11 @@ fn mode_code(mode: Mode) -> u32 {
     }
 }
 
-/// A snapshot's running transactions, as 64-bit transaction ids.
+/// A snapshot's bounds, as 64-bit transaction ids.
 struct SnapshotView {
     snapshot: pg_sys::Snapshot,
     xmin: u64,
     xmax: u64,
-    running: Vec<u64>,
 }
 
 impl SnapshotView {
@@ -717,14 +715,10 @@ impl SnapshotView {
                 next - u64::from((next as u32).wrapping_sub(xid.into_inner()))
             };
             let data = &*snapshot;
-            let running = (0..data.xcnt as usize)
-                .map(|index| widen(*data.xip.add(index)))
-                .collect();
             SnapshotView {
                 snapshot,
                 xmin: widen(data.xmin),
                 xmax: widen(data.xmax),
-                running,
             }
         }
     }
@@ -738,13 +732,12 @@ impl SnapshotView {
         unsafe { pg_sys::XidInMVCCSnapshot(pg_sys::TransactionId::from(xid as u32), self.snapshot) }
     }
 
-    /// Whether the snapshot may see one of the summarized transactions as running.
+    /// Whether the snapshot may have been taken before one of the summarized commits: not when
+    /// every one of them had completed before its xmin, nor when a transaction that began
+    /// after all of them had completed before it was taken. An unrelated long transaction
+    /// holds back the first test but not the second.
     fn may_see_running(&self, summary: &Summary) -> bool {
-        summary.max_xid >= self.xmax
-            || self
-                .running
-                .iter()
-                .any(|&xid| summary.min_xid <= xid && xid <= summary.max_xid)
+        summary.max_xid >= self.xmin && self.xmax <= summary.max_next
     }
 }
 
@@ -753,12 +746,20 @@ struct Pending {
     entry: i32,
     mode: u32,
     next: i64,
+    /// The (sub)transaction nesting level that asked for it: it goes if that one aborts.
+    level: i32,
 }
+
+const NO_CHANGE: Pending = Pending {
+    entry: -1,
+    mode: 0,
+    next: 0,
+    level: 0,
+};
 
 thread_local! {
     /// Mode changes of the current transaction, applied at its commit.
-    static PENDING_CHANGES: Cell<[Pending; PENDING]> =
-        const { Cell::new([Pending { entry: -1, mode: 0, next: 0 }; PENDING]) };
+    static PENDING_CHANGES: Cell<[Pending; PENDING]> = const { Cell::new([NO_CHANGE; PENDING]) };
 }
 
 /// Makes `entry` switch to `mode` when the current transaction commits, with the counter at
@@ -777,6 +778,8 @@ pub fn switch_at_commit(entry: &EntryRef, mode: Mode, next: i64) -> Result<()> {
         entry: entry.index as i32,
         mode: mode_code(mode),
         next,
+        // SAFETY: reads the transaction state.
+        level: unsafe { pg_sys::GetCurrentTransactionNestLevel() },
     };
     PENDING_CHANGES.with(|cell| cell.set(pending));
     Ok(())
@@ -833,6 +836,36 @@ unsafe extern "C-unwind" fn on_transaction_end(
     }
 }
 
+/// A mode change asked for in a subtransaction goes with it when it aborts, and belongs to its
+/// parent when it commits. (The append lock it holds stays to the end of the top transaction.)
+#[pgrx::pg_guard]
+unsafe extern "C-unwind" fn on_subtransaction_end(
+    event: pg_sys::SubXactEvent::Type,
+    _subtransaction: pg_sys::SubTransactionId,
+    _parent: pg_sys::SubTransactionId,
+    _argument: *mut std::ffi::c_void,
+) {
+    let aborted = match event {
+        pg_sys::SubXactEvent::SUBXACT_EVENT_ABORT_SUB => true,
+        pg_sys::SubXactEvent::SUBXACT_EVENT_COMMIT_SUB => false,
+        _ => return,
+    };
+    // SAFETY: reads the transaction state (still the ending subtransaction's level).
+    let level = unsafe { pg_sys::GetCurrentTransactionNestLevel() };
+    let mut pending = PENDING_CHANGES.with(Cell::get);
+    for change in pending
+        .iter_mut()
+        .filter(|change| change.entry >= 0 && change.level >= level)
+    {
+        if aborted {
+            *change = NO_CHANGE;
+        } else {
+            change.level = level - 1;
+        }
+    }
+    PENDING_CHANGES.with(|cell| cell.set(pending));
+}
+
 fn finish(shared: &Shared, committed: bool) {
     let mut touched = false;
     if let Ok(slots) = shared.my_slots() {
@@ -846,6 +879,8 @@ fn finish(shared: &Shared, committed: bool) {
                 let commit = Commit {
                     xid: slot.xid.load(SeqCst),
                     lowest: slot.lowest.load(SeqCst),
+                    // SAFETY: reads the next transaction id (a shared lock, never an error).
+                    next: unsafe { pg_sys::ReadNextFullTransactionId().value },
                 };
                 // SAFETY: the spinlock guards `commits`.
                 unsafe {
@@ -860,15 +895,7 @@ fn finish(shared: &Shared, committed: bool) {
             touched = true;
         }
     }
-    let pending = PENDING_CHANGES.with(|cell| {
-        cell.replace(
-            [Pending {
-                entry: -1,
-                mode: 0,
-                next: 0,
-            }; PENDING],
-        )
-    });
+    let pending = PENDING_CHANGES.with(|cell| cell.replace([NO_CHANGE; PENDING]));
     if committed {
         for change in pending.iter().filter(|change| change.entry >= 0) {
             let entry = shared.entry(change.entry as usize);

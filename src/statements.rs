@@ -85,13 +85,16 @@ pub const SET_RESTRICTION: Statement = Statement {
     parameters: &[INT4OID, OIDOID],
 };
 
-/// Publishes a horizon for readers on standbys (NULL: nothing in flight, read everything).
+/// Publishes a horizon for readers on standbys (NULL: nothing in flight, read everything). A
+/// NULL computed before a switch to concurrent mode committed never overwrites the horizon the
+/// switch published (the condition is checked again on the row's latest version).
 pub const PUBLISH_HORIZON: Statement = Statement {
     name: "publish_horizon",
     text: "
         UPDATE biomero.application_registry
         SET published_horizon = $2
-        WHERE application_id = $1 AND published_horizon IS DISTINCT FROM $2",
+        WHERE application_id = $1 AND published_horizon IS DISTINCT FROM $2
+          AND ($2 IS NOT NULL OR append_mode = 'serialized')",
     parameters: &[INT4OID, INT8OID],
 };
 

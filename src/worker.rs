@@ -9,7 +9,7 @@
 //! access to the primary's shared memory, read the published horizon through WAL.
 //!
 //! The worker is started on demand by the first concurrent append of a database (and by a mode
-//! change) and exits after a minute without concurrent appends, so it does not keep `DROP
+//! change) and exits after a minute in which no horizon changed, so it does not keep `DROP
 //! DATABASE` waiting for long.
 
 use crate::access;
@@ -131,16 +131,37 @@ pub extern "C-unwind" fn biomero_tracking_publisher_main(argument: pg_sys::Datum
         publisher.requested_at.store(0, SeqCst);
     }
     BackgroundWorker::connect_worker_to_spi_by_oid(Some(database), None);
+    // The worker runs as the bootstrap superuser, with the database's settings applied at
+    // connection: none of them (a search_path to a database owner's operators, timeouts,
+    // read-only or serializable defaults) may reach its statements.
+    for (name, value) in [
+        (c"search_path", c"pg_catalog, pg_temp"),
+        (c"statement_timeout", c"0"),
+        (c"lock_timeout", c"0"),
+        (c"idle_in_transaction_session_timeout", c"0"),
+        (c"default_transaction_read_only", c"off"),
+        (c"default_transaction_isolation", c"read committed"),
+    ] {
+        // SAFETY: sets a built-in setting for this process, overriding database settings.
+        unsafe {
+            pg_sys::SetConfigOption(
+                name.as_ptr(),
+                value.as_ptr(),
+                pg_sys::GucContext::PGC_SUSET,
+                pg_sys::GucSource::PGC_S_OVERRIDE,
+            )
+        };
+    }
 
     // What was last published per (installation, application id).
     let mut published: HashMap<(pg_sys::Oid, i32), Option<i64>> = HashMap::new();
-    let mut last_activity = std::time::Instant::now();
+    let mut last_change = std::time::Instant::now();
     loop {
         let round = std::panic::AssertUnwindSafe(|| publish(&shared, &mut published));
-        let (active, changed) = BackgroundWorker::transaction(round);
-        if active || changed {
-            last_activity = std::time::Instant::now();
-        } else if last_activity.elapsed() > IDLE_EXIT {
+        if BackgroundWorker::transaction(round) {
+            last_change = std::time::Instant::now();
+        } else if last_change.elapsed() > IDLE_EXIT {
+            // The next concurrent append starts it again.
             break;
         }
         if !BackgroundWorker::wait_latch(Some(Duration::from_secs(1))) {
@@ -149,20 +170,17 @@ pub extern "C-unwind" fn biomero_tracking_publisher_main(argument: pg_sys::Datum
     }
 }
 
-/// One round: publishes every horizon that changed. Returns whether any application of this
-/// database is concurrent or still settling, and whether anything was published.
+/// One round: publishes every horizon that changed; returns whether one did.
 fn publish(
     shared: &shared::Shared,
     published: &mut HashMap<(pg_sys::Oid, i32), Option<i64>>,
-) -> (bool, bool) {
+) -> bool {
     let Ok(relation) = access::events_relation() else {
-        return (false, false); // the extension is not (or no longer) installed here
+        return false; // the extension is not (or no longer) installed here
     };
-    let mut active = false;
     let mut changes = Vec::new();
     for entry in shared.entries_of(relation) {
         let horizon = entry.horizon();
-        active |= horizon.is_some();
         let key = (relation, entry.application());
         if published.get(&key) != Some(&horizon) {
             changes.push((
@@ -174,7 +192,7 @@ fn publish(
         }
     }
     if changes.is_empty() {
-        return (active, false);
+        return false;
     }
     let outcome: Result<()> = statements::connected(|| {
         // Losing the last published value in a crash only makes standbys read less for a
@@ -211,5 +229,5 @@ fn publish(
         pgrx::warning!("biomero_tracking horizon publisher: {error}");
         published.clear();
     }
-    (active, true)
+    true
 }
