@@ -397,3 +397,28 @@ fn the_last_notification_id_is_a_clear_error() {
     assert_eq!(error.code(), Some(&SqlState::NUMERIC_VALUE_OUT_OF_RANGE));
     assert_eq!(stored_ids(&mut admin, &crossing), vec![9223372036854775806]);
 }
+
+#[test]
+fn a_first_claim_that_fails_leaves_the_callers_transaction_as_it_was() {
+    // claim(wait => false) registers a new name in a subtransaction of its own; an error in it
+    // (here: a read-only transaction) must end that subtransaction before reaching the caller.
+    let (follower, upstream) = (unique_name("F"), unique_name("U"));
+    let mut client = connect();
+    client
+        .batch_execute("SET default_transaction_read_only = on")
+        .unwrap();
+    client
+        .batch_execute(&format!(
+            "DO $$ BEGIN \
+               BEGIN PERFORM biomero.claim('{follower}', '{upstream}', false); \
+               EXCEPTION WHEN read_only_sql_transaction THEN NULL; END; \
+             END $$"
+        ))
+        .unwrap();
+    client
+        .batch_execute("RESET default_transaction_read_only")
+        .unwrap();
+    // The session is outside any transaction again: a savepoint has nothing to belong to.
+    let error = client.batch_execute("SAVEPOINT x").unwrap_err();
+    assert_eq!(error.code(), Some(&SqlState::NO_ACTIVE_SQL_TRANSACTION));
+}

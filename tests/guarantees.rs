@@ -518,3 +518,26 @@ fn append_cost_does_not_grow_with_stored_events() {
     );
     assert!(large_blocks < 40);
 }
+
+#[test]
+fn a_claim_taken_in_a_savepoint_is_held_to_the_end_of_the_transaction() {
+    let (follower, upstream) = (unique_name("F"), unique_name("U"));
+    register(&mut connect(), &follower);
+    register(&mut connect(), &upstream);
+    let mut holder = connect();
+    holder
+        .batch_execute(&format!(
+            "BEGIN; SAVEPOINT s; SELECT biomero.claim('{follower}', '{upstream}'); \
+             ROLLBACK TO SAVEPOINT s"
+        ))
+        .unwrap();
+    let busy: Option<i64> = connect()
+        .query_one(
+            "SELECT biomero.claim($1, $2, wait => false)",
+            &[&follower, &upstream],
+        )
+        .unwrap()
+        .get(0);
+    assert_eq!(busy, None, "the claim went with the savepoint");
+    holder.batch_execute("COMMIT").unwrap();
+}

@@ -299,9 +299,13 @@ fn an_import_never_runs_the_source_owners_code() {
     let role = unique_name("hostile");
     let schema = unique_name("hostile");
     let mut admin = connect();
-    // A role's events table, replaced by a view over its own function; a table whose
-    // row-level security policy calls its function; a column of its own domain type. The
-    // function records that it ran with the caller's rights by copying a secret.
+    // A role's events tables, each with a way for planning a read of it to call the role's
+    // code: a view; row-level security; a domain type; an index on an expression, a partial
+    // index; statistics on an expression; a partitioned table (its key is an expression); a
+    // CHECK constraint; a generated column. (Operator classes need a superuser to create.)
+    // The function records that it ran with the caller's rights by copying a secret (run as
+    // the role itself it cannot read it, and swallows the error).
+    let columns = "originator_id uuid, originator_version bigint, topic text, state bytea";
     admin
         .batch_execute(&format!(
             "CREATE ROLE {role}; CREATE SCHEMA {schema} AUTHORIZATION {role}; \
@@ -311,24 +315,63 @@ fn an_import_never_runs_the_source_owners_code() {
              CREATE FUNCTION {schema}.steal() RETURNS bigint LANGUAGE plpgsql AS $$ \
                BEGIN INSERT INTO {schema}.loot SELECT value FROM public.{schema}_secret; RETURN 1; \
                EXCEPTION WHEN OTHERS THEN RETURN 1; END $$; \
+             CREATE FUNCTION {schema}.k(bigint) RETURNS bigint LANGUAGE plpgsql IMMUTABLE AS $$ \
+               BEGIN RETURN $1 + {schema}.steal(); END $$; \
              CREATE VIEW {schema}.events AS SELECT {schema}.steal() AS notification_id, \
                gen_random_uuid() AS originator_id, 0::bigint AS originator_version, \
                't'::text AS topic, ''::bytea AS state; \
-             CREATE TABLE {schema}.policed (notification_id bigint, originator_id uuid, \
-               originator_version bigint, topic text, state bytea); \
-             INSERT INTO {schema}.policed VALUES (1, gen_random_uuid(), 0, 't', ''); \
+             CREATE TABLE {schema}.policed (notification_id bigint, {columns}); \
              ALTER TABLE {schema}.policed ENABLE ROW LEVEL SECURITY; \
              CREATE POLICY steal ON {schema}.policed USING ({schema}.steal() = 1); \
              CREATE DOMAIN {schema}.id AS bigint CHECK ({schema}.steal() = 1); \
-             CREATE TABLE {schema}.typed (notification_id {schema}.id, originator_id uuid, \
-               originator_version bigint, topic text, state bytea); \
+             CREATE TABLE {schema}.typed (notification_id {schema}.id, {columns}); \
+             CREATE TABLE {schema}.indexed (notification_id bigint, {columns}); \
+             CREATE INDEX ON {schema}.indexed (({schema}.k(notification_id))); \
+             CREATE TABLE {schema}.partial (notification_id bigint, {columns}); \
+             CREATE INDEX ON {schema}.partial (notification_id) WHERE notification_id > {schema}.k(1); \
+             CREATE TABLE {schema}.counted (notification_id bigint, {columns}); \
+             CREATE STATISTICS {schema}.counted_stats ON ({schema}.k(notification_id)), \
+               originator_version FROM {schema}.counted; \
+             CREATE TABLE {schema}.partitioned (notification_id bigint, {columns}) \
+               PARTITION BY RANGE (({schema}.k(notification_id))); \
+             CREATE TABLE {schema}.checked (notification_id bigint \
+               CHECK (notification_id > {schema}.k(-100)), {columns}); \
+             CREATE TABLE {schema}.generated (notification_id bigint, {columns}, \
+               extra bigint GENERATED ALWAYS AS ({schema}.k(notification_id)) STORED); \
              RESET ROLE;"
+        ))
+        .unwrap();
+    for table in [
+        "policed",
+        "indexed",
+        "partial",
+        "counted",
+        "checked",
+        "generated",
+    ] {
+        admin
+            .execute(
+                &format!("INSERT INTO {schema}.{table} (notification_id, originator_id, \
+                          originator_version, topic, state) VALUES (1, gen_random_uuid(), 0, 't', '')"),
+                &[],
+            )
+            .unwrap();
+    }
+    admin
+        .batch_execute(&format!(
+            "TRUNCATE {schema}.loot; SET constraint_exclusion = on"
         ))
         .unwrap();
     for (table, expected) in [
         ("events", SqlState::WRONG_OBJECT_TYPE),
         ("policed", SqlState::WRONG_OBJECT_TYPE),
         ("typed", SqlState::UNDEFINED_COLUMN),
+        ("indexed", SqlState::WRONG_OBJECT_TYPE),
+        ("partial", SqlState::WRONG_OBJECT_TYPE),
+        ("counted", SqlState::WRONG_OBJECT_TYPE),
+        ("partitioned", SqlState::WRONG_OBJECT_TYPE),
+        ("checked", SqlState::WRONG_OBJECT_TYPE),
+        ("generated", SqlState::WRONG_OBJECT_TYPE),
     ] {
         let error = admin
             .query(
@@ -338,6 +381,7 @@ fn an_import_never_runs_the_source_owners_code() {
             .unwrap_err();
         assert_eq!(error.code(), Some(&expected), "{table}: {error}");
     }
+    admin.batch_execute("RESET constraint_exclusion").unwrap();
     let loot = count(&mut admin, &format!("SELECT count(*) FROM {schema}.loot"));
     assert_eq!(loot, 0, "the role's function ran inside the import");
     admin
@@ -393,4 +437,78 @@ fn an_import_needs_select_and_a_lock_privilege_on_the_source() {
         .get(0);
     assert_eq!(imported, 1);
     session.batch_execute("RESET ROLE").unwrap();
+}
+
+#[test]
+fn the_horizon_publisher_runs_no_code_of_a_database_owner() {
+    let owner = unique_name("dbowner");
+    let database = unique_name("owned");
+    let mut admin = connect();
+    admin
+        .batch_execute(&format!("CREATE ROLE {owner} LOGIN"))
+        .unwrap();
+    admin
+        .batch_execute(&format!("CREATE DATABASE {database} OWNER {owner}"))
+        .unwrap();
+    let mut owned = connect_to(&database);
+    owned
+        .batch_execute(&format!(
+            "CREATE EXTENSION biomero_tracking; CREATE TABLE public.loot (value text); \
+             GRANT INSERT ON public.loot TO {owner}"
+        ))
+        .unwrap();
+    // The database owner's own `=` for integers, first in the database's search_path: it
+    // records the user it runs as. The publisher (a superuser) compares integers.
+    owned
+        .batch_execute(&format!(
+            "SET ROLE {owner}; CREATE SCHEMA evil; \
+             CREATE FUNCTION evil.eq(integer, integer) RETURNS boolean LANGUAGE plpgsql AS $$ \
+               BEGIN INSERT INTO public.{database}_loot VALUES (current_user); \
+               RETURN $1 OPERATOR(pg_catalog.=) $2; END $$; \
+             CREATE OPERATOR evil.= (LEFTARG = integer, RIGHTARG = integer, FUNCTION = evil.eq); \
+             ALTER DATABASE {database} SET search_path = evil, pg_catalog; RESET ROLE;"
+        ))
+        .unwrap();
+    owned
+        .execute("SELECT biomero.set_append_mode('Owned', 'concurrent')", &[])
+        .unwrap();
+    let id: i64 = owned
+        .query_one(
+            "SELECT biomero.record_event('Owned', gen_random_uuid(), 0, 't', '')",
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    // Wait until the publisher has published that id.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let published: Option<i64> = owned
+            .query_one(
+                "SELECT published_horizon FROM biomero.application_registry \
+                 WHERE application_name = 'Owned'",
+                &[],
+            )
+            .unwrap()
+            .get(0);
+        if published == Some(id) {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "nothing was published"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let loot: Vec<String> = owned
+        .query("SELECT value FROM public.loot", &[])
+        .unwrap()
+        .iter()
+        .map(|row| row.get(0))
+        .collect();
+    assert!(loot.is_empty(), "the owner's operator ran as {loot:?}");
+    drop(owned);
+    admin
+        .batch_execute(&format!("DROP DATABASE {database} WITH (FORCE)"))
+        .unwrap();
+    admin.batch_execute(&format!("DROP ROLE {owner}")).unwrap();
 }

@@ -248,6 +248,22 @@ fn readers_on_a_hot_standby_never_skip_and_a_promoted_standby_continues() {
         );
     }
 
+    // Writes on the standby are refused before they touch its shared memory, which a
+    // promotion keeps.
+    let mut standby = replica.connect_when_ready("biomero");
+    for call in [
+        "SELECT biomero.record_event('WorkflowTracker', gen_random_uuid(), 0, 't', '')",
+        "SELECT biomero.set_append_mode('WorkflowTracker', 'concurrent')",
+    ] {
+        let error = standby.query_one(call, &[]).unwrap_err();
+        assert_eq!(
+            error.code(),
+            Some(&SqlState::READ_ONLY_SQL_TRANSACTION),
+            "{call}: {error}"
+        );
+    }
+    drop(standby);
+
     // Promotion: the former standby appends above everything committed and reads it all.
     replica.pg_ctl(&["-w", "promote"]);
     let mut client = replica.connect_when_ready("biomero");
@@ -267,4 +283,96 @@ fn readers_on_a_hot_standby_never_skip_and_a_promoted_standby_continues() {
     let next = append_one(&mut client, application);
     assert!(next > max);
     assert_eq!(page(&mut client, application, max - 1), vec![max, next]);
+}
+
+/// Waits until `query` (one bigint, or NULL) gives `expected` on `client`.
+fn wait_for(client: &mut Client, query: &str, application: &str, expected: Option<i64>) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while client
+        .query_one(query, &[&application])
+        .unwrap()
+        .get::<_, Option<i64>>(0)
+        != expected
+    {
+        assert!(
+            Instant::now() < deadline,
+            "{query} did not reach {expected:?}"
+        );
+        thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn a_repeatable_read_reader_on_a_standby_never_skips_across_its_promotion() {
+    let primary = Cluster::start("rrprimary", &[], &[PRELOAD]);
+    let mut client = primary.database_with_extension("biomero");
+    let application = "WorkflowTracker";
+    set_append_mode(&mut client, application, "concurrent");
+    for _ in 0..4 {
+        append_one(&mut client, application);
+    }
+    let replica = Cluster::replica_of(&primary, &[PRELOAD]);
+    // 5 in flight on the primary, 6 committed.
+    let mut holder = primary.connect("biomero");
+    let mut held = holder.transaction().unwrap();
+    assert_eq!(append_one(&mut held, application), 5);
+    assert_eq!(append_one(&mut client, application), 6);
+    let published = "SELECT published_horizon FROM biomero.application_registry \
+                     WHERE application_name = $1";
+    let stored = "SELECT max(notification_id) FROM biomero.events WHERE application_name = $1";
+    let mut watcher = replica.connect_when_ready("biomero");
+    wait_for(&mut watcher, stored, application, Some(6));
+    wait_for(&mut watcher, published, application, Some(4));
+    // A REPEATABLE READ reader on the standby: its snapshot sees 6, not 5.
+    let mut reader = replica.connect_when_ready("biomero");
+    let mut old = reader
+        .build_transaction()
+        .isolation_level(IsolationLevel::RepeatableRead)
+        .start()
+        .unwrap();
+    assert_eq!(page(&mut old, application, 0), vec![1, 2, 3, 4]);
+    held.commit().unwrap();
+    wait_for(&mut watcher, published, application, Some(6));
+    drop(watcher);
+    replica.pg_ctl(&["-w", "promote"]);
+    let mut promoted = replica.connect_when_ready("biomero");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while promoted
+        .query_one("SELECT pg_is_in_recovery()", &[])
+        .unwrap()
+        .get::<_, bool>(0)
+    {
+        assert!(Instant::now() < deadline, "promotion did not finish");
+        thread::sleep(Duration::from_millis(50));
+    }
+    // Still inside the transaction begun on the standby: 6 is in its snapshot, 5 is not, so
+    // it must not get 6.
+    assert_eq!(page(&mut old, application, 4), Vec::<i64>::new());
+    old.commit().unwrap();
+    assert_eq!(page(&mut reader, application, 4), vec![5, 6]);
+}
+
+#[test]
+fn the_first_concurrent_writer_after_a_restart_keeps_no_lock_to_its_commit() {
+    let cluster = Cluster::start("restarted", &[], &[PRELOAD]);
+    let mut client = cluster.database_with_extension("biomero");
+    set_append_mode(&mut client, "WorkflowTracker", "concurrent");
+    drop(client);
+    cluster.restart("fast", &[PRELOAD]);
+    let mut writer = cluster.connect_when_ready("biomero");
+    writer.batch_execute("BEGIN").unwrap();
+    // The first append since the restart sets the application's shared state up.
+    assert_eq!(append_one(&mut writer, "WorkflowTracker"), 1);
+    let mut other = cluster.connect("biomero");
+    other.batch_execute("SET lock_timeout = '2s'").unwrap();
+    // A change of mode takes the append lock: the writer's transaction does not hold it.
+    let previous: String = other
+        .query_one(
+            "SELECT biomero.set_append_mode('WorkflowTracker', 'concurrent')",
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    assert_eq!(previous, "concurrent");
+    writer.batch_execute("COMMIT").unwrap();
 }
