@@ -16,8 +16,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export PATH="$HOME/.cargo/bin:$PATH"
-PG_MAJOR=15
-PG_CONFIG=/usr/lib/postgresql/$PG_MAJOR/bin/pg_config
+# PG_MAJOR (default 15) selects the PostgreSQL major: PG_CONFIG, PG_BIN, pg_roots_of.
+source scripts/pg.sh
 
 say() { printf '[bench.sh] %s\n' "$*"; }
 as_postgres() { sudo -u postgres -- "$@"; }
@@ -38,7 +38,7 @@ pg=$work/pg
 data=$work/data
 cleanup() {
     if [ -f "$data/postmaster.pid" ]; then
-        as_postgres "$pg/usr/lib/postgresql/$PG_MAJOR/bin/pg_ctl" -D "$data" -m fast -w stop \
+        as_postgres "$pg$PG_BIN/pg_ctl" -D "$data" -m fast -w stop \
             >/dev/null || true
     fi
     rm -rf "$work"
@@ -79,14 +79,15 @@ test -n "$library" || { say "no biomero_tracking.so in $package"; exit 1; }
 # share and library directories relative to its binaries, so the cluster loads exactly this
 # library and these SQL scripts, whatever is (re)installed system-wide during the run.
 say "preparing a private PostgreSQL $PG_MAJOR installation in $pg"
-mkdir -p "$pg/usr/lib/postgresql" "$pg/usr/share/postgresql"
-cp -a "/usr/lib/postgresql/$PG_MAJOR" "$pg/usr/lib/postgresql/"
-cp -a "/usr/share/postgresql/$PG_MAJOR" "$pg/usr/share/postgresql/"
-rm -rf "$pg/usr/lib/postgresql/$PG_MAJOR/lib/biomero_tracking.so" \
-    "$pg/usr/lib/postgresql/$PG_MAJOR/lib/bitcode/biomero_tracking"* \
-    "$pg/usr/share/postgresql/$PG_MAJOR/extension/biomero_tracking"*
-cp -a "$package/usr/." "$pg/usr/"
-bin="$pg/usr/lib/postgresql/$PG_MAJOR/bin"
+for root in $(pg_roots_of "$PG_MAJOR"); do
+    mkdir -p "$pg${root%/*}"
+    cp -a "$root" "$pg${root%/*}/"
+done
+pkglibdir=$("$PG_CONFIG" --pkglibdir)
+rm -rf "$pg$pkglibdir/biomero_tracking.so" "$pg$pkglibdir/bitcode/biomero_tracking"* \
+    "$pg$("$PG_CONFIG" --sharedir)/extension/biomero_tracking"*
+cp -a "$package/." "$pg/"
+bin="$pg$PG_BIN"
 
 # Server settings: PostgreSQL's defaults (fsync and synchronous_commit on) except memory and
 # checkpoint spacing, so that the bulk loads neither thrash nor checkpoint during a point; the

@@ -1,8 +1,15 @@
 #!/usr/bin/env bash
-# Builds biomero_tracking (release) and installs it into the system PostgreSQL 15.
+# Builds biomero_tracking (release) and installs it into the PostgreSQL major PG_MAJOR
+# (default 15: the system PostgreSQL; scripts/pg.sh says where each major is).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+source scripts/pg.sh
 export PATH="$HOME/.cargo/bin:$PATH"
-cargo pgrx install --release --pg-config /usr/lib/postgresql/15/bin/pg_config 2>&1 \
-    | grep -E "^error|Installing|Finished" || true
-test -f /usr/share/postgresql/15/extension/biomero_tracking.control
+
+log=$(mktemp /var/tmp/biomero-install.XXXXXX)
+trap 'rm -f "$log"' EXIT
+cargo pgrx install --release --no-default-features --features "pg$PG_MAJOR" \
+    --pg-config "$PG_CONFIG" >"$log" 2>&1 || { tail -30 "$log" >&2; exit 1; }
+grep -E "Installing|Finished" "$log" || true
+test -f "$("$PG_CONFIG" --sharedir)/extension/biomero_tracking.control"
+echo "installed into PostgreSQL $PG_MAJOR ($("$PG_CONFIG" --pkglibdir))"

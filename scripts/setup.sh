@@ -1,14 +1,18 @@
 #!/usr/bin/env bash
-# Installs what building, testing and running biomero_tracking needs on Debian 12, as root.
+# Installs what building, testing and running biomero_tracking needs on Debian 12, as root:
+# Debian's packages (PostgreSQL 15 among them), cargo-pgrx, the other tested PostgreSQL majors
+# (16 and 18, from PyPI wheels: scripts/pg.sh), `cargo pgrx init` naming every tested major,
+# the test directory owned by `postgres`, the Python test environment.
 # Idempotent: each step is skipped when its result is already present.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+source scripts/pg.sh
 
-PG_MAJOR=15
-PG_CONFIG=/usr/lib/postgresql/$PG_MAJOR/bin/pg_config
 PGRX_VERSION=0.18.1
-PACKAGES=(postgresql-$PG_MAJOR postgresql-server-dev-$PG_MAJOR postgresql-contrib
-          libclang-dev clang pkg-config libssl-dev sudo)
+# PostgreSQL 15 is Debian 12's; the other tested majors come from wheels (scripts/pg.sh).
+# dpkg-dev builds the Debian packages (scripts/package.sh).
+PACKAGES=(postgresql-15 postgresql-server-dev-15 postgresql-contrib
+          libclang-dev clang pkg-config libssl-dev sudo dpkg-dev)
 
 say() { printf '[setup] %s\n' "$*"; }
 
@@ -29,9 +33,18 @@ if ! cargo pgrx --version 2>/dev/null | grep -q "$PGRX_VERSION"; then
     cargo install cargo-pgrx --version "$PGRX_VERSION" --locked --quiet
 fi
 
-if ! grep -qs "pg$PG_MAJOR = \"$PG_CONFIG\"" "$HOME/.pgrx/config.toml"; then
-    say "pointing pgrx at the system PostgreSQL $PG_MAJOR"
-    cargo pgrx init --pg$PG_MAJOR "$PG_CONFIG" >/dev/null
+# Every tested major in one `cargo pgrx init` (a second init would rewrite the configuration).
+init=()
+for major in "${TESTED_PG_MAJORS[@]}"; do
+    pg_install_major "$major"
+    init+=("--pg$major" "$(pg_config_of "$major")")
+    if ! grep -qsx "pg$major = \"$(pg_config_of "$major")\"" "$HOME/.pgrx/config.toml"; then
+        stale=1
+    fi
+done
+if [ -n "${stale:-}" ]; then
+    say "pointing pgrx at PostgreSQL ${TESTED_PG_MAJORS[*]}"
+    cargo pgrx init "${init[@]}" >/dev/null
 fi
 
 # initdb refuses to run as root: the test clusters run as the postgres user, in a directory

@@ -4,9 +4,11 @@
 # tests/soak.rs: no unexpected error, contiguous ids, every notification processed exactly
 # once, positions = heads, the backends' private memory steady (samples printed).
 #   bash scripts/soak.sh [SECONDS] [SESSIONS]      defaults: 600 64
-# The test suite (scripts/test.sh) runs the same test for 60 seconds.
+# PG_MAJOR (default 15) selects the PostgreSQL major (scripts/pg.sh). The test suite
+# (scripts/test.sh) runs the same test for 60 seconds.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+source scripts/pg.sh
 export PATH="$HOME/.cargo/bin:$PATH"
 
 seconds=${1:-600}
@@ -24,7 +26,7 @@ fi
 
 bash scripts/setup.sh
 
-echo "[soak] $sessions sessions for $seconds s"
+echo "[soak] PostgreSQL $PG_MAJOR: $sessions sessions for $seconds s"
 export CARGO_PGRX_TEST_RUNAS=postgres CARGO_PGRX_TEST_PGDATA=/var/tmp/pgrx-test
 export RUST_TEST_NOCAPTURE=1 BIOMERO_SOAK_SECONDS=$seconds BIOMERO_SOAK_SESSIONS=$sessions
-cargo pgrx test pg15 soak_
+cargo pgrx test "pg$PG_MAJOR" soak_

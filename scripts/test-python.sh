@@ -3,8 +3,9 @@
 # (clients/python/tests, BIOMERO 2.8.3's own code included) against a throwaway PostgreSQL
 # cluster with biomero_tracking, and stops the cluster whatever happens.
 #   scripts/test-python.sh [PYTEST ARGS...]
-# Needs the venv clients/python/.venv that scripts/setup.sh creates, and the extension
-# installed into the system PostgreSQL (scripts/install.sh).
+# PG_MAJOR (default 15) selects the PostgreSQL major of the cluster (scripts/pg.sh). Needs the
+# venv clients/python/.venv that scripts/setup.sh creates, and the extension installed into
+# that major's installation (scripts/install.sh).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$PWD
@@ -27,7 +28,7 @@ echo "[test-python] ruff check, ruff format --check, mypy --strict"
 dir=/var/tmp/biomero-python-tests-$$
 trap 'bash "$root/scripts/cluster.sh" stop "$dir"' EXIT
 url=$(bash "$root/scripts/cluster.sh" start "$dir")
-echo "[test-python] cluster at $url"
+echo "[test-python] PostgreSQL ${PG_MAJOR:-15} cluster at $url"
 
 cd clients/python
 # -s shows each scenario's figures as it runs; they are repeated in the closing summary.

@@ -3,13 +3,14 @@
 # must give in expected/*.out) with PostgreSQL's pg_regress against a throwaway cluster with
 # biomero_tracking installed (scripts/install.sh), and fails when a test has no expected output.
 #   scripts/test-regress.sh [TEST...]
+# PG_MAJOR (default 15) selects the PostgreSQL major (scripts/pg.sh).
 # (cargo pgrx regress runs the same files; as root it cannot, because it starts its server as
 # the calling user.)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$PWD
-PG_MAJOR=${PG_MAJOR:-15}
-pg_config=${PG_CONFIG:-/usr/lib/postgresql/$PG_MAJOR/bin/pg_config}
+source scripts/pg.sh
+pg_config=$PG_CONFIG
 pg_regress="$("$pg_config" --pkglibdir)/pgxs/src/test/regress/pg_regress"
 
 tests=()
