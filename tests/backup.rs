@@ -222,10 +222,7 @@ fn check_restored(
     // the next one advances.
     for (follower, upstream, position) in source_positions {
         target.batch_execute("BEGIN").unwrap();
-        let claimed: i64 = target
-            .query_one("SELECT biomero.claim($1, $2)", &[follower, upstream])
-            .unwrap()
-            .get(0);
+        let claimed = claim(target, follower, upstream);
         assert_eq!(
             claimed, *position,
             "{how}: claim of {follower} on {upstream}"

@@ -24,11 +24,7 @@ fn a_claim_never_returns_a_position_older_than_the_latest_committed() {
         // exist in it at all.
         let mut late = snapshot_transaction(&mut b, isolation);
         let mut first = a.transaction().unwrap();
-        let position: i64 = first
-            .query_one("SELECT biomero.claim($1, $2)", &[&follower, &upstream])
-            .unwrap()
-            .get(0);
-        assert_eq!(position, 0);
+        assert_eq!(claim(&mut first, &follower, &upstream), 0);
         first
             .execute(
                 "SELECT biomero.record_tracking($1, $2, 1)",
@@ -52,11 +48,7 @@ fn a_claim_never_returns_a_position_older_than_the_latest_committed() {
             .isolation_level(isolation)
             .start()
             .unwrap();
-        let position: i64 = retried
-            .query_one("SELECT biomero.claim($1, $2)", &[&follower, &upstream])
-            .unwrap()
-            .get(0);
-        assert_eq!(position, 1);
+        assert_eq!(claim(&mut retried, &follower, &upstream), 1);
         retried.commit().unwrap();
     }
 }

@@ -445,11 +445,7 @@ fn interrupted(how: Kill, victim: Victim) {
     let mut holder = connect();
     let holder_pid = backend_pid(&mut holder);
     holder.batch_execute("BEGIN").unwrap();
-    let position: i64 = holder
-        .query_one("SELECT biomero.claim($1, $2)", &[&follower, &upstream])
-        .unwrap()
-        .get(0);
-    assert_eq!(position, 2);
+    assert_eq!(claim(&mut holder, &follower, &upstream), 2);
     let followed: Option<Vec<i64>> = holder
         .query_one(
             "SELECT biomero.record_events($1, ARRAY[$2::text::uuid, $3::text::uuid], \
@@ -786,9 +782,7 @@ fn fault_timeouts_and_cancels_cut_claim_and_append_waits_and_leave_nothing_behin
     Batch::new(&upstream, 3).append(&mut setup).unwrap();
     // The names are used once (and so registered) before the waits below: the first use of a
     // name is waited for too, and is shown last.
-    setup
-        .query_one("SELECT biomero.claim($1, $2)", &[&follower, &upstream])
-        .unwrap();
+    claim(&mut setup, &follower, &upstream);
 
     // The holder claims the pair and appends to the follower's log and to a name it is the
     // first to use, and does not commit.
@@ -800,9 +794,7 @@ fn fault_timeouts_and_cancels_cut_claim_and_append_waits_and_leave_nothing_behin
             &[&fresh, &random_uuid()],
         )
         .unwrap();
-    holder
-        .query_one("SELECT biomero.claim($1, $2)", &[&follower, &upstream])
-        .unwrap();
+    claim(&mut holder, &follower, &upstream);
     holder
         .query_one(
             "SELECT biomero.record_event($1, $2::text::uuid, 0, 'biomero.test:Other', '')",

@@ -1057,11 +1057,7 @@ impl Fuzz {
                 let follower = self.names.choose(&mut self.rng).unwrap().clone();
                 let upstream = self.names.choose(&mut self.rng).unwrap().clone();
                 self.holder.batch_execute("BEGIN").unwrap();
-                let position: i64 = self
-                    .holder
-                    .query_one("SELECT biomero.claim($1, $2)", &[&follower, &upstream])
-                    .unwrap()
-                    .get(0);
+                let position = claim(&mut self.holder, &follower, &upstream);
                 let key = (follower.clone(), upstream.clone());
                 assert_eq!(
                     position,

@@ -140,8 +140,7 @@ fn distinct_names_never_share_a_lock() {
     let mut holder = connect();
     let mut tx = holder.transaction().unwrap();
     append_one(&mut tx, &a);
-    tx.query_one("SELECT biomero.claim($1, $2)", &[&a, &upstream])
-        .unwrap();
+    claim(&mut tx, &a, &upstream);
 
     let mut other = connect();
     other.batch_execute("SET lock_timeout = '2s'").unwrap();
@@ -210,11 +209,7 @@ fn a_waiting_claimer_sees_the_position_the_holder_committed() {
     );
     let mut holder = connect();
     let mut tx = holder.transaction().unwrap();
-    let position: i64 = tx
-        .query_one("SELECT biomero.claim($1, $2)", &[&follower, &upstream])
-        .unwrap()
-        .get(0);
-    assert_eq!(position, 0);
+    assert_eq!(claim(&mut tx, &follower, &upstream), 0);
 
     let mut other = connect();
     assert_eq!(
@@ -228,10 +223,7 @@ fn a_waiting_claimer_sees_the_position_the_holder_committed() {
         thread::spawn(move || {
             let mut client = connect();
             let mut tx = client.transaction().unwrap();
-            let position: i64 = tx
-                .query_one("SELECT biomero.claim($1, $2)", &[&follower, &upstream])
-                .unwrap()
-                .get(0);
+            let position = claim(&mut tx, &follower, &upstream);
             tx.commit().unwrap();
             position
         })

@@ -247,6 +247,16 @@ pub fn set_append_mode(client: &mut Client, application: &str, mode: &str) {
         .unwrap();
 }
 
+/// The claim of `follower` on `upstream`, waiting while another transaction holds it: the
+/// position.
+#[allow(dead_code)]
+pub fn claim(client: &mut impl GenericClient, follower: &str, upstream: &str) -> i64 {
+    client
+        .query_one("SELECT biomero.claim($1, $2)", &[&follower, &upstream])
+        .unwrap()
+        .get(0)
+}
+
 /// The claim of `follower` on `upstream` without waiting (`wait => false`): the position, or
 /// None while another transaction holds the claim.
 #[allow(dead_code)]
