@@ -255,6 +255,23 @@ def ratio_table(results, group, pairs):
     return "\n".join(lines)
 
 
+def scaling_table(results):
+    """Throughput with 8 applications over 1 application, per approach."""
+    variants = (CONCURRENT, SERIALIZED, SERIALIZED_QUIET, LOCK, LOCK_QUIET, UNORDERED)
+    lines = ["| clients | " + " | ".join(f"{SHORT[variant]}, 8 apps / 1 app"
+                                         for variant in variants) + " |",
+             "|---:|" + "---:|" * len(variants)]
+    for clients in results.clients("append8"):
+        cells = []
+        for variant in variants:
+            eight = results.one("append8", variant, clients=clients)
+            one = results.one("append1", variant, clients=clients)
+            cells.append(fmt_ratio(ratio(eight and eight["events_per_s"],
+                                         one and one["events_per_s"])))
+        lines.append(f"| {clients} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def wakeup_table(results):
     lines = ["| listeners are woken by | writers | writers' events/s | append p50 ms |"
              " append p99 ms | wake-up p50 ms | wake-up p99 ms | wake-up max ms | samples |"
@@ -567,73 +584,48 @@ def markdown(results, command, png_name):
     add("")
     add(f"![throughput against clients]({png_name})")
     add("")
-    add("### Single-event appends, 1 application")
-    add("")
-    add(scenario_table(results, "append1"))
-    add("")
-    add(ratio_table(results, "append1", [(CONCURRENT, UNORDERED), (CONCURRENT, LOCK),
-                                         (SERIALIZED, LOCK), (SERIALIZED, LOCK_QUIET),
-                                         (SERIALIZED_QUIET, LOCK_QUIET), (LOCK, LOCK_QUIET)]))
-    add("")
-    add("### Single-event appends, 8 applications")
-    add("")
-    add(scenario_table(results, "append8"))
-    add("")
-    add(ratio_table(results, "append8", [(CONCURRENT, UNORDERED), (SERIALIZED, LOCK),
-                                         (SERIALIZED_QUIET, LOCK_QUIET), (LOCK, LOCK_QUIET)]))
-    add("")
-    scaling = ["| clients | " + " | ".join(f"{SHORT[variant]}, 8 apps / 1 app" for variant in
-                                           (CONCURRENT, SERIALIZED, SERIALIZED_QUIET, LOCK,
-                                            LOCK_QUIET, UNORDERED)) + " |",
-               "|---:|" + "---:|" * 6]
-    for clients in results.clients("append8"):
-        cells = []
-        for variant in (CONCURRENT, SERIALIZED, SERIALIZED_QUIET, LOCK, LOCK_QUIET, UNORDERED):
-            eight = results.one("append8", variant, clients=clients)
-            one = results.one("append1", variant, clients=clients)
-            cells.append(fmt_ratio(ratio(eight and eight["events_per_s"],
-                                         one and one["events_per_s"])))
-        scaling.append(f"| {clients} | " + " | ".join(cells) + " |")
-    add("\n".join(scaling))
-    add("")
+
+    def section(title, group, *parts):
+        # A run limited with BENCH_ONLY has no rows for the other groups.
+        if not results.rows(group):
+            return
+        add(f"### {title}")
+        add("")
+        for part in parts:
+            add(part)
+            add("")
+
+    section("Single-event appends, 1 application", "append1",
+            scenario_table(results, "append1"),
+            ratio_table(results, "append1", [(CONCURRENT, UNORDERED), (CONCURRENT, LOCK),
+                                             (SERIALIZED, LOCK), (SERIALIZED, LOCK_QUIET),
+                                             (SERIALIZED_QUIET, LOCK_QUIET), (LOCK, LOCK_QUIET)]))
+    section("Single-event appends, 8 applications", "append8",
+            scenario_table(results, "append8"),
+            ratio_table(results, "append8", [(CONCURRENT, UNORDERED), (SERIALIZED, LOCK),
+                                             (SERIALIZED_QUIET, LOCK_QUIET), (LOCK, LOCK_QUIET)]),
+            scaling_table(results))
     for size in (10, 100):
-        add(f"### Batches of {size} events per call, 1 application")
-        add("")
-        add(scenario_table(results, f"batch{size}"))
-        add("")
-        add(ratio_table(results, f"batch{size}", [(BATCH_CONCURRENT, UNORDERED),
-                                                  (BATCH_SERIALIZED, LOCK),
-                                                  (BATCH_CONCURRENT, LOCK)]))
-        add("")
-    add("### Wake-up latency")
-    add("")
-    add(wakeup_table(results))
-    add("")
-    add("### Follower loop, competing processes of one follower")
-    add("")
-    add(scenario_table(results, "follower", first_column="processes", extra_columns=(
-        ("errors", lambda row: f"{row['errors']:,}"),
-        ("errors / s",
-         lambda row: f"{row['errors'] / row['seconds']:,.0f}" if row["seconds"] else "–"),
-        ("processed twice", lambda row: row.get("duplicates", "–")),
-        ("skipped", lambda row: row.get("skipped", "–")),
-    )))
-    add("")
-    add("### 1,000-row pages")
-    add("")
-    add(scenario_table(results, "read"))
-    add("")
-    add(read_ratio_table(results))
-    add("")
-    add("### Growth")
-    add("")
-    add(growth_table(results))
+        section(f"Batches of {size} events per call, 1 application", f"batch{size}",
+                scenario_table(results, f"batch{size}"),
+                ratio_table(results, f"batch{size}", [(BATCH_CONCURRENT, UNORDERED),
+                                                      (BATCH_SERIALIZED, LOCK),
+                                                      (BATCH_CONCURRENT, LOCK)]))
+    section("Wake-up latency", "wakeup", wakeup_table(results))
+    section("Follower loop, competing processes of one follower", "follower",
+            scenario_table(results, "follower", first_column="processes", extra_columns=(
+                ("errors", lambda row: f"{row['errors']:,}"),
+                ("errors / s",
+                 lambda row: f"{row['errors'] / row['seconds']:,.0f}" if row["seconds"] else "–"),
+                ("processed twice", lambda row: row.get("duplicates", "–")),
+                ("skipped", lambda row: row.get("skipped", "–")),
+            )))
+    section("1,000-row pages", "read", scenario_table(results, "read"),
+            read_ratio_table(results))
     loads = meta.get("load_seconds", {})
-    if loads:
-        add("")
-        add("Bulk-load time: " + ", ".join(f"{int(level):,} events: {value:.0f} s"
+    section("Growth", "growth", growth_table(results),
+            "Bulk-load time: " + ", ".join(f"{int(level):,} events: {value:.0f} s"
                                            for level, value in loads.items()) + ".")
-    add("")
     notes = Path(__file__).with_name("analysis.md")
     if notes.exists():
         add(notes.read_text().strip())
