@@ -1,23 +1,102 @@
 #!/usr/bin/env bash
-# Runs every test: formatting and lints, the extension's unit tests (#[pg_test]) and its
-# integration tests against a real server, then the Python client's suite.
+# Runs every test (what CI runs): formatting and lints, then per tested PostgreSQL major
+# (scripts/pg.sh) against real servers of that major:
+#   16, 15  the extension's unit and integration tests (scripts/test-extension.sh), the
+#           regression tests (scripts/test-regress.sh) and the Python client's suite
+#           (scripts/test-python.sh)
+#   18      the unit tests and the ordering, race, concurrent-mode, fault and update tests, and
+#           the regression tests
+# then the Debian package of every tested major, built (scripts/package.sh), installed and
+# tested as an operator would (scripts/test-package.sh). Ends with what ran per major, the
+# result and the time.
+#   bash scripts/test.sh
+#   PG_MAJORS="16 18" bash scripts/test.sh    only these majors
 set -euo pipefail
 cd "$(dirname "$0")/.."
+source scripts/pg.sh
 export PATH="$HOME/.cargo/bin:$PATH"
 
-bash scripts/setup.sh
+read -r -a majors <<<"${PG_MAJORS:-${TESTED_PG_MAJORS[*]}}"
+for major in "${majors[@]}"; do
+    pg_check_major "$major"
+done
 
-echo "[test] cargo fmt --check, cargo clippy"
-cargo fmt --check
-cargo fmt --check --manifest-path demo/Cargo.toml
-cargo clippy --quiet --all-targets --features pg_test -- -D warnings
+logs=$(mktemp -d /var/tmp/biomero-test-logs.XXXXXX)
+summary=()
+passed_total=0
+failed_total=0
 
-echo "[test] extension: unit and integration tests (real PostgreSQL, run as the postgres user)"
-export CARGO_PGRX_TEST_RUNAS=postgres CARGO_PGRX_TEST_PGDATA=/var/tmp/pgrx-test
-# Show the integration tests' measured figures (sessions, events, errors) in the log.
-RUST_TEST_NOCAPTURE=1 cargo pgrx test pg15
+# Counts of the runners' closing lines in a step's log: cargo test's "test result: ok. N
+# passed; M failed", pytest's "N passed", pg_regress's "All N tests passed".
+count_tests() {
+    python3 - "$1" <<'EOF'
+import re, sys
+text = open(sys.argv[1], errors="replace").read()
+passed = failed = 0
+for p, f in re.findall(r"^test result: \w+\. (\d+) passed; (\d+) failed", text, re.M):
+    passed += int(p); failed += int(f)
+for line in re.findall(r"^=+ (.*) in [\d.]+s", text, re.M):
+    passed += sum(int(n) for n in re.findall(r"(\d+) passed", line))
+    failed += sum(int(n) for n in re.findall(r"(\d+) (?:failed|error)", line))
+for n in re.findall(r"All (\d+) tests passed", text):
+    passed += int(n)
+for n in re.findall(r"(\d+) of \d+ tests failed", text):
+    failed += int(n)
+print(passed, failed)
+EOF
+}
 
-if [ -f scripts/test-python.sh ]; then
-    echo "[test] Python client"
-    bash scripts/test-python.sh
-fi
+print_summary() {
+    echo
+    echo "[test] summary (PostgreSQL major, step, result, tests passed/failed, seconds)"
+    printf '%s\n' "${summary[@]}"
+    echo "total: $passed_total passed, $failed_total failed"
+}
+trap print_summary EXIT
+
+# step MAJOR NAME COMMAND...: runs the command, keeps its output for the counts, records the
+# result and time; the first failure ends the run.
+step() {
+    local major=$1 name=$2
+    shift 2
+    local log="$logs/$major-${name// /-}.log" started=$SECONDS rc=0
+    echo "[test] PostgreSQL $major: $name"
+    "$@" 2>&1 | tee "$log" || rc=$?
+    local counts passed failed
+    counts=$(count_tests "$log")
+    read -r passed failed <<<"$counts"
+    passed_total=$((passed_total + passed))
+    failed_total=$((failed_total + failed))
+    local result=passed
+    if ((rc != 0)); then
+        result="FAILED (exit $rc)"
+        failed_total=$((failed_total + (failed == 0)))
+    fi
+    summary+=("$(printf '  %-4s %-34s %-16s %5s/%-3s %5d s' "$major" "$name" "$result" \
+        "$passed" "$failed" $((SECONDS - started)))")
+    return "$rc"
+}
+
+step all setup bash scripts/setup.sh
+step all "cargo fmt --check, cargo clippy" bash -c '
+    cargo fmt --check
+    cargo fmt --check --manifest-path demo/Cargo.toml
+    cargo clippy --quiet --all-targets --features pg_test -- -D warnings'
+
+for major in "${majors[@]}"; do
+    if [ "$major" = 18 ]; then
+        step "$major" "extension: core tests" env PG_MAJOR="$major" \
+            bash scripts/test-extension.sh core
+    else
+        step "$major" "extension: all tests" env PG_MAJOR="$major" \
+            bash scripts/test-extension.sh
+    fi
+    step "$major" "regression tests" env PG_MAJOR="$major" bash scripts/test-regress.sh
+    if [ "$major" != 18 ]; then
+        step "$major" "Python client" env PG_MAJOR="$major" bash scripts/test-python.sh
+    fi
+done
+
+for major in "${majors[@]}"; do
+    step "$major" "Debian package: build, install, test" bash scripts/test-package.sh "$major"
+done
