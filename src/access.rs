@@ -134,12 +134,30 @@ fn schema_owner() -> Result<Oid> {
 }
 
 fn registry_exists() -> bool {
+    registry_relation().is_ok()
+}
+
+/// The application registry table.
+pub fn registry_relation() -> Result<Oid> {
+    relation(c"application_registry")
+}
+
+fn relation(name: &std::ffi::CStr) -> Result<Oid> {
     // SAFETY: syscache lookups.
     unsafe {
         let namespace = pg_sys::get_namespace_oid(c"biomero".as_ptr(), true);
-        namespace != Oid::INVALID
-            && pg_sys::get_relname_relid(c"application_registry".as_ptr(), namespace)
-                != Oid::INVALID
+        let relation = if namespace == Oid::INVALID {
+            Oid::INVALID
+        } else {
+            pg_sys::get_relname_relid(name.as_ptr(), namespace)
+        };
+        if relation == Oid::INVALID {
+            return Err(Error::NotInPrerequisiteState(format!(
+                "table biomero.{} does not exist",
+                name.to_string_lossy()
+            )));
+        }
+        Ok(relation)
     }
 }
 
@@ -147,19 +165,5 @@ fn registry_exists() -> bool {
 /// database: shared memory is keyed by it, so that dropping and creating the extension again
 /// starts afresh.
 pub fn events_relation() -> Result<Oid> {
-    // SAFETY: syscache lookups.
-    unsafe {
-        let namespace = pg_sys::get_namespace_oid(c"biomero".as_ptr(), true);
-        let relation = if namespace == Oid::INVALID {
-            Oid::INVALID
-        } else {
-            pg_sys::get_relname_relid(c"events".as_ptr(), namespace)
-        };
-        if relation == Oid::INVALID {
-            return Err(Error::NotInPrerequisiteState(
-                "table biomero.events does not exist".into(),
-            ));
-        }
-        Ok(relation)
-    }
+    relation(c"events")
 }

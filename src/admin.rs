@@ -73,7 +73,7 @@ fn set_mode(id: i32, mode: Mode, head: Option<i64>) -> Result<()> {
         Snapshot::Latest,
         |_| (),
     )?;
-    Ok(())
+    registry::invalidate_everywhere()
 }
 
 /// From now on only members of `role` may append to, record positions of, or claim as
@@ -95,7 +95,7 @@ fn restrict_application(
             Snapshot::Latest,
             |_| (),
         )?;
-        Ok(())
+        registry::invalidate_everywhere()
     })?)
 }
 

@@ -115,6 +115,7 @@ fn after_head(name: &str, application: &Application, count: i64) -> Result<Reser
             Snapshot::Latest,
             |_| (),
         )?;
+        registry::forget_published_horizon(name);
     }
     let head = head(name)?.unwrap_or(0);
     head.checked_add(count)

@@ -56,6 +56,7 @@ extension_sql_file!("../sql/privileges.sql", name = "privileges", finalize);
 #[pg_guard]
 pub extern "C-unwind" fn _PG_init() {
     notify::register_settings();
+    registry::install_cache_invalidation();
     // SAFETY: read while the library is loaded.
     if unsafe { pg_sys::process_shared_preload_libraries_in_progress } {
         shared::register_settings();

@@ -10,6 +10,8 @@ use crate::error::{Error, Result};
 use crate::statements::{self, Snapshot};
 use pgrx::pg_sys::{self, Oid};
 use pgrx::{IntoDatum, PgSqlErrorCode, PgTryBuilder};
+use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Mode {
@@ -43,6 +45,117 @@ pub struct Application {
     pub published_horizon: Option<i64>,
 }
 
+thread_local! {
+    /// Registry rows this backend has found, by name, so that a write's first step runs no
+    /// statement. Emptied when a change of mode or restriction commits anywhere (it sends an
+    /// invalidation of the registry, which every backend takes in at its next transaction
+    /// start) and when a transaction or subtransaction of this backend aborts (a row it
+    /// registered then is gone). The horizon published for standbys may be stale in it: the
+    /// one use of it, by serialized writers, corrects it.
+    static CACHE: RefCell<HashMap<String, Application>> = RefCell::new(HashMap::new());
+    /// The registry table's oid when the cache was filled, to recognize its invalidations.
+    static CACHED_REGISTRY: Cell<Oid> = const { Cell::new(Oid::INVALID) };
+}
+
+/// Registers the callbacks that empty the cache; called once per process by `_PG_init`.
+pub fn install_cache_invalidation() {
+    // SAFETY: registers static callbacks for this process (and, in the postmaster, for the
+    // backends it forks).
+    unsafe {
+        pg_sys::CacheRegisterRelcacheCallback(
+            Some(on_relation_invalidated),
+            pg_sys::Datum::from(0),
+        );
+        pg_sys::RegisterXactCallback(Some(on_transaction_end), std::ptr::null_mut());
+        pg_sys::RegisterSubXactCallback(Some(on_subtransaction_end), std::ptr::null_mut());
+    }
+}
+
+fn forget_all() {
+    CACHE.with(|cache| cache.borrow_mut().clear());
+}
+
+#[pgrx::pg_guard]
+unsafe extern "C-unwind" fn on_relation_invalidated(_argument: pg_sys::Datum, relation: Oid) {
+    // No catalog access here: compare with the oid noted when the cache was filled.
+    if relation == Oid::INVALID || relation == CACHED_REGISTRY.with(Cell::get) {
+        forget_all();
+    }
+}
+
+#[pgrx::pg_guard]
+unsafe extern "C-unwind" fn on_transaction_end(
+    event: pg_sys::XactEvent::Type,
+    _argument: *mut std::ffi::c_void,
+) {
+    if event == pg_sys::XactEvent::XACT_EVENT_ABORT {
+        forget_all();
+    }
+}
+
+#[pgrx::pg_guard]
+unsafe extern "C-unwind" fn on_subtransaction_end(
+    event: pg_sys::SubXactEvent::Type,
+    _subtransaction: pg_sys::SubTransactionId,
+    _parent: pg_sys::SubTransactionId,
+    _argument: *mut std::ffi::c_void,
+) {
+    if event == pg_sys::SubXactEvent::SUBXACT_EVENT_ABORT_SUB {
+        forget_all();
+    }
+}
+
+fn remember(name: &str, application: &Application) {
+    if let Ok(registry) = crate::access::registry_relation() {
+        CACHED_REGISTRY.with(|cached| cached.set(registry));
+        CACHE.with(|cache| {
+            cache
+                .borrow_mut()
+                .insert(name.to_string(), application.clone())
+        });
+    }
+}
+
+fn cached(name: &str) -> Option<Application> {
+    CACHE.with(|cache| cache.borrow().get(name).cloned())
+}
+
+/// Notes that the registry row of `name` publishes no horizon any more.
+pub fn forget_published_horizon(name: &str) {
+    CACHE.with(|cache| {
+        if let Some(application) = cache.borrow_mut().get_mut(name) {
+            application.published_horizon = None;
+        }
+    });
+}
+
+/// Makes every backend read the registry again at its next transaction start, once the
+/// calling transaction commits: after a change of mode or restriction.
+pub fn invalidate_everywhere() -> Result<()> {
+    let registry = crate::access::registry_relation()?;
+    // SAFETY: queues a relcache invalidation, sent to the other backends at commit; the
+    // command counter increment applies it to this backend now (a backend applies its own
+    // invalidations at the end of each command, not when it commits).
+    unsafe {
+        pg_sys::CacheInvalidateRelcacheByRelid(registry);
+        pg_sys::CommandCounterIncrement();
+    }
+    Ok(())
+}
+
+/// The latest committed registry row of `name` (this transaction's own included), from the
+/// cache when this backend found it before.
+pub fn find_latest(name: &str) -> Result<Option<Application>> {
+    if let Some(application) = cached(name) {
+        return Ok(Some(application));
+    }
+    let found = find(name, Snapshot::Latest)?;
+    if let Some(application) = &found {
+        remember(name, application);
+    }
+    Ok(found)
+}
+
 /// The registry row of `name` as `snapshot` sees it.
 pub fn find(name: &str, snapshot: Snapshot) -> Result<Option<Application>> {
     statements::first(
@@ -69,7 +182,7 @@ pub fn find(name: &str, snapshot: Snapshot) -> Result<Option<Application>> {
 /// state, so a name registered after the caller's snapshot is found, not registered twice; a
 /// registration still in progress elsewhere is waited for.
 pub fn register(name: &str) -> Result<Application> {
-    if let Some(application) = find(name, Snapshot::Latest)? {
+    if let Some(application) = find_latest(name)? {
         return Ok(application);
     }
     // A first use of the name by a transaction that has not committed yet is waited for (one
@@ -90,14 +203,14 @@ pub fn register(name: &str) -> Result<Application> {
         Error::Canceled(describe()).raise()
     })
     .execute()?;
-    find(name, Snapshot::Latest)?
+    find_latest(name)?
         .ok_or_else(|| Error::Internal(format!("application \"{name}\" was not registered")))
 }
 
 /// Like [`register`], but when another transaction is registering the name at this moment
 /// (its first use, not committed yet), returns None at once instead of waiting for it.
 pub fn register_unless_busy(name: &str) -> Result<Option<Application>> {
-    if let Some(application) = find(name, Snapshot::Latest)? {
+    if let Some(application) = find_latest(name)? {
         return Ok(Some(application));
     }
     let inserted = without_waiting(|| {
@@ -112,7 +225,7 @@ pub fn register_unless_busy(name: &str) -> Result<Option<Application>> {
     if inserted.is_none() {
         return Ok(None);
     }
-    find(name, Snapshot::Latest)
+    find_latest(name)
 }
 
 /// Runs `body` in a subtransaction with lock waits cut at once; None when it would have had to

@@ -76,7 +76,7 @@ pub fn advance(position: &Position) -> Result<bool> {
 /// A follower cannot record a position its readers could not have read yet: above the
 /// horizon of an upstream whose ids are still in flight.
 fn check_readable(position: &Position) -> Result<()> {
-    let Some(upstream) = registry::find(position.upstream, Snapshot::Latest)? else {
+    let Some(upstream) = registry::find_latest(position.upstream)? else {
         return Ok(());
     };
     let entry = match shared::shared() {
@@ -197,7 +197,7 @@ fn claim(
     let caller = access::caller();
     let _owner = access::as_owner("biomero.claim")?;
     Ok(statements::connected(|| {
-        if let Some(registered) = registry::find(follower, Snapshot::Latest)? {
+        if let Some(registered) = registry::find_latest(follower)? {
             caller.authorize(&registered, follower, Action::Claim)?;
         }
         take_claim(follower, upstream, wait)

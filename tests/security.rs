@@ -512,3 +512,39 @@ fn the_horizon_publisher_runs_no_code_of_a_database_owner() {
         .unwrap();
     admin.batch_execute(&format!("DROP ROLE {owner}")).unwrap();
 }
+
+#[test]
+fn a_restriction_applies_to_sessions_that_wrote_before_it() {
+    let application = unique_name("Restricted");
+    let (owners, outsider) = (unique_name("owners"), unique_name("outsider"));
+    let mut admin = connect();
+    admin
+        .batch_execute(&format!(
+            "CREATE ROLE {owners}; CREATE ROLE {outsider}; \
+             GRANT USAGE ON SCHEMA biomero TO {outsider}; \
+             GRANT EXECUTE ON FUNCTION {WRITER_FUNCTIONS} TO {outsider}"
+        ))
+        .unwrap();
+    let mut session = connect();
+    session
+        .batch_execute(&format!("SET ROLE {outsider}"))
+        .unwrap();
+    // The outsider writes first (its backend now knows the application) ...
+    assert_eq!(append_one(&mut session, &application), 1);
+    admin
+        .execute(
+            "SELECT biomero.restrict_application($1, $2::text::regrole)",
+            &[&application, &owners],
+        )
+        .unwrap();
+    // ... and its next transaction is refused all the same.
+    let error = session.query(APPEND, &[&application]).unwrap_err();
+    assert_eq!(error.code(), Some(&SqlState::INSUFFICIENT_PRIVILEGE));
+    session.batch_execute("RESET ROLE").unwrap();
+    admin
+        .execute(
+            "SELECT biomero.restrict_application($1, NULL)",
+            &[&application],
+        )
+        .unwrap();
+}
