@@ -143,30 +143,49 @@ fn append(name: &str, application: &Application, events: &[NewEvent]) -> Result<
 /// Inserts the events with ids from `first`. A duplicate aggregate version is the one unique
 /// violation the API raises, worded by [`version_conflict`].
 fn insert(name: &str, first: i64, events: &[NewEvent]) -> Result<()> {
-    let originator_ids: Vec<Uuid> = events.iter().map(|event| event.originator_id).collect();
-    let versions: Vec<i64> = events
-        .iter()
-        .map(|event| event.originator_version)
-        .collect();
-    let topics: Vec<&str> = events.iter().map(|event| event.topic).collect();
-    let states: Vec<&[u8]> = events.iter().map(|event| event.state).collect();
-    let arguments = [
-        name.into_datum(),
-        first.into_datum(),
-        originator_ids.into_datum(),
-        versions.into_datum(),
-        topics.into_datum(),
-        states.into_datum(),
-    ];
+    let (statement, arguments) = match events {
+        [event] => (
+            &statements::INSERT_EVENT,
+            [
+                name.into_datum(),
+                first.into_datum(),
+                event.originator_id.into_datum(),
+                event.originator_version.into_datum(),
+                event.topic.into_datum(),
+                event.state.into_datum(),
+            ],
+        ),
+        _ => (
+            &statements::INSERT_EVENTS,
+            [
+                name.into_datum(),
+                first.into_datum(),
+                events
+                    .iter()
+                    .map(|event| event.originator_id)
+                    .collect::<Vec<Uuid>>()
+                    .into_datum(),
+                events
+                    .iter()
+                    .map(|event| event.originator_version)
+                    .collect::<Vec<i64>>()
+                    .into_datum(),
+                events
+                    .iter()
+                    .map(|event| event.topic)
+                    .collect::<Vec<&str>>()
+                    .into_datum(),
+                events
+                    .iter()
+                    .map(|event| event.state)
+                    .collect::<Vec<&[u8]>>()
+                    .into_datum(),
+            ],
+        ),
+    };
     let name = name.to_string();
     PgTryBuilder::new(|| {
-        statements::execute(
-            &statements::INSERT_EVENTS,
-            &arguments,
-            Snapshot::Current,
-            |_| (),
-        )
-        .map(|_| ())
+        statements::execute(statement, &arguments, Snapshot::Current, |_| ()).map(|_| ())
     })
     .catch_when(PgSqlErrorCode::ERRCODE_UNIQUE_VIOLATION, move |caught| {
         let (message, detail) = match &caught {

@@ -108,6 +108,23 @@ pub const HEAD: Statement = Statement {
     parameters: &[TEXTOID],
 };
 
+/// Inserts one event with id `$2`.
+pub const INSERT_EVENT: Statement = Statement {
+    name: "insert_event",
+    text: "
+        INSERT INTO biomero.events
+            (application_name, notification_id, originator_id, originator_version, topic, state)
+        VALUES ($1, $2, $3, $4, $5, $6)",
+    parameters: &[
+        TEXTOID,
+        INT8OID,
+        pg_sys::UUIDOID,
+        INT8OID,
+        TEXTOID,
+        pg_sys::BYTEAOID,
+    ],
+};
+
 /// Inserts a batch with consecutive ids from `$2`. A duplicate aggregate version raises 23505,
 /// which the caller rewords; nothing else can conflict.
 pub const INSERT_EVENTS: Statement = Statement {
@@ -209,11 +226,13 @@ fn plan(statement: &'static Statement) -> Result<pg_sys::SPIPlanPtr> {
     }
     let text = CString::new(statement.text).expect("statement texts contain no NUL");
     // SAFETY: inside an SPI connection (callers hold one); the text and types outlive the call.
+    // A generic plan, made once: a custom plan would be planned again at every execution.
     let plan = unsafe {
-        pg_sys::SPI_prepare(
+        pg_sys::SPI_prepare_cursor(
             text.as_ptr(),
             statement.parameters.len() as i32,
             statement.parameters.as_ptr().cast_mut(),
+            pg_sys::CURSOR_OPT_GENERIC_PLAN as i32,
         )
     };
     if plan.is_null() {
