@@ -141,6 +141,9 @@ pub extern "C-unwind" fn biomero_tracking_publisher_main(argument: pg_sys::Datum
         (c"idle_in_transaction_session_timeout", c"0"),
         (c"default_transaction_read_only", c"off"),
         (c"default_transaction_isolation", c"read committed"),
+        // Losing the last published value in a crash only makes standbys read less for a
+        // moment, so the publisher does not wait for its commits to be flushed.
+        (c"synchronous_commit", c"off"),
     ] {
         // SAFETY: sets a built-in setting for this process, overriding database settings.
         unsafe {
@@ -155,9 +158,10 @@ pub extern "C-unwind" fn biomero_tracking_publisher_main(argument: pg_sys::Datum
 
     // What was last published per (installation, application id).
     let mut published: HashMap<(pg_sys::Oid, i32), Option<i64>> = HashMap::new();
+    let mut names: HashMap<(pg_sys::Oid, i32), String> = HashMap::new();
     let mut last_change = std::time::Instant::now();
     loop {
-        let round = std::panic::AssertUnwindSafe(|| publish(&shared, &mut published));
+        let round = std::panic::AssertUnwindSafe(|| publish(&shared, &mut published, &mut names));
         if BackgroundWorker::transaction(round) {
             last_change = std::time::Instant::now();
         } else if last_change.elapsed() > IDLE_EXIT {
@@ -174,6 +178,7 @@ pub extern "C-unwind" fn biomero_tracking_publisher_main(argument: pg_sys::Datum
 fn publish(
     shared: &shared::Shared,
     published: &mut HashMap<(pg_sys::Oid, i32), Option<i64>>,
+    names: &mut HashMap<(pg_sys::Oid, i32), String>,
 ) -> bool {
     let Ok(relation) = access::events_relation() else {
         return false; // the extension is not (or no longer) installed here
@@ -195,20 +200,25 @@ fn publish(
         return false;
     }
     let outcome: Result<()> = statements::connected(|| {
-        // Losing the last published value in a crash only makes standbys read less for a
-        // moment, so the publisher does not wait for its commits to be flushed.
-        pgrx::Spi::run("SET LOCAL synchronous_commit TO off").ok();
-        let ids: Vec<i32> = changes.iter().map(|(id, _, _)| *id).collect();
-        let (_, names) = statements::execute(
-            &statements::APPLICATION_NAMES,
-            &[ids.into_datum()],
-            Snapshot::Current,
-            |row| (row.get::<i32>(1), row.get::<String>(2)),
-        )?;
-        let names: HashMap<i32, String> = names
-            .into_iter()
-            .filter_map(|(id, name)| Some((id?, name?)))
+        // A registry id never changes its name: names are read once.
+        let unknown: Vec<i32> = changes
+            .iter()
+            .map(|(id, _, _)| *id)
+            .filter(|id| !names.contains_key(&(relation, *id)))
             .collect();
+        if !unknown.is_empty() {
+            let (_, found) = statements::execute(
+                &statements::APPLICATION_NAMES,
+                &[unknown.into_datum()],
+                Snapshot::Current,
+                |row| (row.get::<i32>(1), row.get::<String>(2)),
+            )?;
+            for (id, name) in found {
+                if let (Some(id), Some(name)) = (id, name) {
+                    names.insert((relation, id), name);
+                }
+            }
+        }
         for (id, before, horizon) in &changes {
             statements::execute(
                 &statements::PUBLISH_HORIZON,
@@ -216,7 +226,7 @@ fn publish(
                 Snapshot::Current,
                 |_| (),
             )?;
-            if let (Some(name), Some(horizon)) = (names.get(id), horizon) {
+            if let (Some(name), Some(horizon)) = (names.get(&(relation, *id)), horizon) {
                 if before.is_none_or(|before| before < *horizon) {
                     let first = before.map_or(*horizon, |before| before + 1);
                     notify::send(name, first, *horizon);
