@@ -27,7 +27,7 @@ CREATE SEQUENCE biomero.application_id_seq AS integer;
 
 CREATE TABLE biomero.application_registry (
     application_id    integer NOT NULL DEFAULT nextval('biomero.application_id_seq'),
-    application_name  text    NOT NULL,
+    application_name  text COLLATE "C" NOT NULL,
     -- 'serialized': gapless ids in commit order; 'concurrent': writers never wait (holes).
     append_mode       text    NOT NULL DEFAULT 'serialized',
     -- Only members of this role may append to, record positions of or claim as it.
@@ -472,6 +472,11 @@ COMMENT ON FUNCTION biomero.import_eventsourcing(text, regclass, regclass, text)
 DROP FUNCTION biomero.summary();
 DROP VIEW biomero.applications;
 DROP VIEW biomero.followers;
+-- Names compare byte by byte (the views that read these columns are dropped above).
+ALTER TABLE biomero.events ALTER COLUMN application_name TYPE text COLLATE "C";
+ALTER TABLE biomero.tracking
+    ALTER COLUMN application_name TYPE text COLLATE "C",
+    ALTER COLUMN upstream_application_name TYPE text COLLATE "C";
 -- Per application (followers included): live append mode, head, horizon (the highest id
 -- readers may read: below every id still in flight), events stored, restriction.
 CREATE VIEW biomero.applications AS

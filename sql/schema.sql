@@ -19,7 +19,7 @@ CREATE SEQUENCE biomero.application_id_seq AS integer;
 
 CREATE TABLE biomero.application_registry (
     application_id    integer NOT NULL DEFAULT nextval('biomero.application_id_seq'),
-    application_name  text    NOT NULL,
+    application_name  text COLLATE "C" NOT NULL,
     -- 'serialized': gapless ids in commit order; 'concurrent': writers never wait (holes).
     append_mode       text    NOT NULL DEFAULT 'serialized',
     -- Only members of this role may append to, record positions of or claim as it.
@@ -35,8 +35,10 @@ CREATE TABLE biomero.application_registry (
 ALTER SEQUENCE biomero.application_id_seq OWNED BY biomero.application_registry.application_id;
 
 -- One row per stored event, as the eventsourcing library stores it, per application.
+-- Names compare byte by byte (COLLATE "C"): equality is the same in every deterministic
+-- collation, and index lookups and inserts skip the locale's comparison.
 CREATE TABLE biomero.events (
-    application_name   text   NOT NULL,
+    application_name   text COLLATE "C" NOT NULL,
     notification_id    bigint NOT NULL,
     originator_id      uuid   NOT NULL,
     originator_version bigint NOT NULL,
@@ -53,8 +55,8 @@ CREATE TABLE biomero.events (
 -- One row per (follower application, upstream application): the last upstream notification
 -- the follower has processed.
 CREATE TABLE biomero.tracking (
-    application_name          text   NOT NULL,
-    upstream_application_name text   NOT NULL,
+    application_name          text COLLATE "C" NOT NULL,
+    upstream_application_name text COLLATE "C" NOT NULL,
     notification_id           bigint NOT NULL,
     CONSTRAINT tracking_pkey PRIMARY KEY (application_name, upstream_application_name),
     CONSTRAINT tracking_notification_id_positive CHECK (notification_id > 0)

@@ -21,8 +21,9 @@ fn catalog(client: &mut Client) -> Vec<String> {
          FROM pg_proc p WHERE p.pronamespace = 'biomero'::regnamespace",
         "SELECT format('relation %s kind=%s acl=%s', c.oid::regclass, c.relkind, c.relacl) \
          FROM pg_class c WHERE c.relnamespace = 'biomero'::regnamespace",
-        "SELECT format('column %s.%s %s notnull=%s default=%s', c.relname, a.attname, \
-             format_type(a.atttypid, a.atttypmod), a.attnotnull, pg_get_expr(d.adbin, d.adrelid)) \
+        "SELECT format('column %s.%s %s collation=%s notnull=%s default=%s', c.relname, a.attname, \
+             format_type(a.atttypid, a.atttypmod), a.attcollation::regcollation, a.attnotnull, \
+             pg_get_expr(d.adbin, d.adrelid)) \
          FROM pg_attribute a JOIN pg_class c ON c.oid = a.attrelid \
          LEFT JOIN pg_attrdef d ON d.adrelid = a.attrelid AND d.adnum = a.attnum \
          WHERE c.relnamespace = 'biomero'::regnamespace AND a.attnum > 0 AND NOT a.attisdropped",
