@@ -240,10 +240,16 @@ fn soak_64_sessions_of_writers_and_competing_followers() {
                             committed[writer % UPSTREAMS.len()]
                                 .fetch_add(size as usize, Ordering::SeqCst);
                         }
-                        Err(error) => unexpected
-                            .lock()
-                            .unwrap()
-                            .push(format!("writer: {}", describe(&error))),
+                        Err(error) => {
+                            unexpected
+                                .lock()
+                                .unwrap()
+                                .push(format!("writer: {}", describe(&error)));
+                            // A lost server fails the run once, not once per retry.
+                            if client.is_closed() {
+                                break;
+                            }
+                        }
                     }
                     thread::sleep(Duration::from_millis(rng.gen_range(0..20)));
                 }
@@ -280,11 +286,16 @@ fn soak_64_sessions_of_writers_and_competing_followers() {
                             busy.fetch_add(1, Ordering::Relaxed);
                             thread::sleep(Duration::from_millis(rng.gen_range(1..10)));
                         }
-                        Err(error) => unexpected.lock().unwrap().push(format!(
-                            "{}: {}",
-                            follower.name,
-                            describe(&error)
-                        )),
+                        Err(error) => {
+                            unexpected.lock().unwrap().push(format!(
+                                "{}: {}",
+                                follower.name,
+                                describe(&error)
+                            ));
+                            if client.is_closed() {
+                                break;
+                            }
+                        }
                     }
                 }
             })
@@ -307,12 +318,12 @@ fn soak_64_sessions_of_writers_and_competing_followers() {
             thread::sleep(wait);
         }
         samples.push(sample(started, &session_pids, &data_directory));
-        let errors = unexpected.lock().unwrap().len();
-        assert_eq!(
-            errors,
-            0,
-            "unexpected errors: {:?}",
-            unexpected.lock().unwrap()
+        let errors = unexpected.lock().unwrap().clone();
+        assert!(
+            errors.is_empty(),
+            "{} unexpected errors, the first: {:?}",
+            errors.len(),
+            &errors[..errors.len().min(5)]
         );
     }
     stop_writing.store(true, Ordering::SeqCst);
