@@ -4,6 +4,8 @@ databases."""
 
 from __future__ import annotations
 
+import json
+import threading
 import time
 from typing import Any
 from uuid import uuid4
@@ -103,6 +105,32 @@ def test_an_error_inside_a_savepoint_keeps_the_outer_unit_of_work(
     leader.close()
 
 
+def _wait_until_listening(connection_name: str) -> None:
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        with support.admin() as cursor:
+            cursor.execute(
+                "SELECT count(*) FROM pg_stat_activity WHERE application_name = %s "
+                "AND query LIKE 'LISTEN%%'",
+                (connection_name,),
+            )
+            if cursor.fetchone()[0]:
+                return
+        time.sleep(0.05)
+    raise AssertionError("the subscription never listened")
+
+
+def _next_within(subscription: Any, seconds: float) -> Any:
+    """The subscription's next notification, or AssertionError when none comes in time
+    (``next`` alone would wait for ever)."""
+    result: list[Any] = []
+    reader = threading.Thread(target=lambda: result.append(next(subscription)), daemon=True)
+    reader.start()
+    reader.join(seconds)
+    assert result, f"no notification within {seconds} s"
+    return result[0]
+
+
 def test_errors_of_the_listen_thread_are_the_library_s() -> None:
     connection_name = support.unique_name("listen")
     datastore = biomero_tracking.Datastore(url=_url_with_name(connection_name))
@@ -110,21 +138,46 @@ def test_errors_of_the_listen_thread_are_the_library_s() -> None:
         datastore, application_name=support.unique_name("Listened")
     )
     with recorder.subscribe() as subscription:
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            with support.admin() as cursor:
-                cursor.execute(
-                    "SELECT count(*) FROM pg_stat_activity WHERE application_name = %s "
-                    "AND query LIKE 'LISTEN%%'",
-                    (connection_name,),
-                )
-                if cursor.fetchone()[0]:
-                    break
-            time.sleep(0.05)
+        _wait_until_listening(connection_name)
         assert _terminate(connection_name) >= 1
         with pytest.raises(OperationalError) as raised:
             next(subscription)
     assert not isinstance(raised.value, psycopg2.Error)
+    datastore.close()
+
+
+def test_forged_notifications_only_wake_a_subscription() -> None:
+    """Any role may NOTIFY biomero_events: a subscription takes a payload as a wake-up and
+    reads the log, so forged ids, other shapes and garbage neither skip nor invent events."""
+    connection_name = support.unique_name("forged")
+    datastore = biomero_tracking.Datastore(url=_url_with_name(connection_name))
+    application = support.unique_name("Forged")
+    recorder = biomero_tracking.BiomeroApplicationRecorder(datastore, application_name=application)
+
+    def append(state: bytes) -> int:
+        event = StoredEvent(originator_id=uuid4(), originator_version=0, topic="t", state=state)
+        ids = recorder.insert_events([event])
+        assert ids is not None
+        return ids[0]
+
+    assert append(b"first") == 1
+    with recorder.subscribe() as subscription:
+        assert _next_within(subscription, 30).id == 1
+        _wait_until_listening(connection_name)
+        with support.admin() as cursor:
+            for payload in (
+                json.dumps({"application_name": application, "first": 1000, "last": 1000}),
+                json.dumps({"application_name": application, "first": 1, "last": 1}),
+                json.dumps(["not", "an", "object"]),
+                "not json at all",
+            ):
+                cursor.execute("SELECT pg_notify('biomero_events', %s)", (payload,))
+        assert append(b"second") == 2
+        second = _next_within(subscription, 30)
+        assert (second.id, second.state) == (2, b"second")
+        assert append(b"third") == 3
+        third = _next_within(subscription, 30)
+        assert (third.id, third.state) == (3, b"third")
     datastore.close()
 
 
