@@ -72,7 +72,7 @@ step() {
         result="FAILED (exit $rc)"
         failed_total=$((failed_total + (failed == 0)))
     fi
-    summary+=("$(printf '  %-4s %-34s %-16s %5s/%-3s %5d s' "$major" "$name" "$result" \
+    summary+=("$(printf '  %-4s %-38s %-17s %5s/%-3s %5d s' "$major" "$name" "$result" \
         "$passed" "$failed" $((SECONDS - started)))")
     return "$rc"
 }
