@@ -22,8 +22,9 @@ fn roles_get_only_what_they_are_granted() {
         unique_name("nobody"),
     );
     let mut admin = connect();
-    admin
-        .batch_execute(&format!(
+    grant_in_turn(
+        &mut admin,
+        &format!(
             "CREATE ROLE {writer}; CREATE ROLE {reader}; CREATE ROLE {nobody}; \
              GRANT USAGE ON SCHEMA biomero TO {writer}, {reader}, {nobody}; \
              GRANT EXECUTE ON FUNCTION biomero.record_event, biomero.record_events, \
@@ -32,8 +33,8 @@ fn roles_get_only_what_they_are_granted() {
              GRANT EXECUTE ON FUNCTION biomero.select_notifications, biomero.select_events, \
                  biomero.max_notification_id, biomero.max_tracking_id, biomero.summary \
                  TO {reader};"
-        ))
-        .unwrap();
+        ),
+    );
     append_one(&mut admin, &application);
 
     let denied = Some(SqlState::INSUFFICIENT_PRIVILEGE);
@@ -161,14 +162,15 @@ fn restricted_applications_admit_only_members_of_their_role() {
         unique_name("outsider"),
     );
     let mut admin = connect();
-    admin
-        .batch_execute(&format!(
+    grant_in_turn(
+        &mut admin,
+        &format!(
             "CREATE ROLE {owners}; CREATE ROLE {member} IN ROLE {owners}; CREATE ROLE {outsider}; \
              GRANT USAGE ON SCHEMA biomero TO {member}, {outsider}; \
              GRANT EXECUTE ON FUNCTION {WRITER_FUNCTIONS} TO {member}, {outsider}; \
              GRANT CREATE ON SCHEMA public TO {outsider};"
-        ))
-        .unwrap();
+        ),
+    );
     admin
         .execute(
             "SELECT biomero.restrict_application($1, $2::text::regrole)",
@@ -396,8 +398,9 @@ fn an_import_needs_select_and_a_lock_privilege_on_the_source() {
     let importer = unique_name("importer");
     let table = unique_name("source_events");
     let mut admin = connect();
-    admin
-        .batch_execute(&format!(
+    grant_in_turn(
+        &mut admin,
+        &format!(
             "CREATE TABLE {table} (notification_id bigint PRIMARY KEY, originator_id uuid, \
                originator_version bigint, topic text, state bytea); \
              INSERT INTO {table} VALUES (1, gen_random_uuid(), 0, 't', ''); \
@@ -407,8 +410,8 @@ fn an_import_needs_select_and_a_lock_privilege_on_the_source() {
              GRANT EXECUTE ON FUNCTION biomero.import_eventsourcing, biomero.lock_for_import, \
                biomero.check_import_source, biomero.unexpected_columns TO {importer}; \
              GRANT SELECT ON {table} TO {importer};"
-        ))
-        .unwrap();
+        ),
+    );
     let mut session = connect();
     session
         .batch_execute(&format!("SET ROLE {importer}"))
@@ -518,13 +521,14 @@ fn a_restriction_applies_to_sessions_that_wrote_before_it() {
     let application = unique_name("Restricted");
     let (owners, outsider) = (unique_name("owners"), unique_name("outsider"));
     let mut admin = connect();
-    admin
-        .batch_execute(&format!(
+    grant_in_turn(
+        &mut admin,
+        &format!(
             "CREATE ROLE {owners}; CREATE ROLE {outsider}; \
              GRANT USAGE ON SCHEMA biomero TO {outsider}; \
              GRANT EXECUTE ON FUNCTION {WRITER_FUNCTIONS} TO {outsider}"
-        ))
-        .unwrap();
+        ),
+    );
     let mut session = connect();
     session
         .batch_execute(&format!("SET ROLE {outsider}"))

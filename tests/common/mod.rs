@@ -32,6 +32,22 @@ pub fn connect() -> Client {
     client
 }
 
+/// Runs `sql` (grants on the extension's shared objects) in one transaction that takes
+/// turns with other tests': PostgreSQL updates an object's ACL in place, and two sessions
+/// granting on the same function at once fail with "tuple concurrently updated".
+#[allow(dead_code)]
+pub fn grant_in_turn(client: &mut Client, sql: &str) {
+    let mut transaction = client.transaction().unwrap();
+    transaction
+        .execute(
+            "SELECT pg_advisory_xact_lock(hashtext('tests: catalog grants'))",
+            &[],
+        )
+        .unwrap();
+    transaction.batch_execute(sql).unwrap();
+    transaction.commit().unwrap();
+}
+
 /// A transaction at `isolation` whose snapshot is taken at once (by a first statement), so
 /// that what commits afterwards is not in it.
 #[allow(dead_code)]
