@@ -3,7 +3,8 @@
 # must give in expected/*.out) with PostgreSQL's pg_regress against a throwaway cluster with
 # biomero_tracking installed (scripts/install.sh), and fails when a test has no expected output.
 #   scripts/test-regress.sh [TEST...]
-# PG_MAJOR (default 15) selects the PostgreSQL major (scripts/pg.sh).
+# PG_MAJOR (default 15) selects the PostgreSQL major (scripts/pg.sh). REGRESS_ACCEPT=1 copies
+# the output of failing tests over their expected files (review the change with git diff).
 # (cargo pgrx regress runs the same files; as root it cannot, because it starts its server as
 # the calling user.)
 set -euo pipefail
@@ -37,5 +38,9 @@ echo "[test-regress] cluster at $url"
     --user=postgres --dbname=biomero_regress --load-extension=biomero_tracking \
     --inputdir=tests/pg_regress --outputdir="$out" "${tests[@]}" || {
     cat "$out/regression.diffs" >&2
+    if [ "${REGRESS_ACCEPT:-0}" = 1 ]; then
+        cp "$out"/results/*.out tests/pg_regress/expected/
+        echo "[test-regress] accepted the new output; review it: git diff tests/pg_regress" >&2
+    fi
     exit 1
 }

@@ -7,8 +7,8 @@
 -- * max_notification_id, max_tracking_id and summary become SQL; select_notifications and the
 --   max_* read no further than biomero.readable_bound;
 -- * import_eventsourcing takes the application's append lock and accepts only plain tables;
--- * new: set_append_mode, restrict_application, reset_position, in_flight_appends and the
---   view biomero.appends_in_flight.
+-- * new: set_append_mode, restrict_application, reset_position, in_flight_appends,
+--   lock_kinds and the views biomero.appends_in_flight and biomero.locks.
 -- The same definitions as sql/*.sql; tests/upgrade.rs compares a database updated with this
 -- script to a fresh install, object by object.
 
@@ -110,6 +110,14 @@ STRICT VOLATILE PARALLEL RESTRICTED
 SET search_path TO pg_catalog, pg_temp
 LANGUAGE c
 AS 'MODULE_PATHNAME', 'in_flight_appends_wrapper';
+CREATE FUNCTION biomero.lock_kinds() RETURNS TABLE (
+    "kind" TEXT,
+    "objsubid" smallint
+)
+IMMUTABLE STRICT PARALLEL SAFE
+SET search_path TO pg_catalog, pg_temp
+LANGUAGE c
+AS 'MODULE_PATHNAME', 'lock_kinds_wrapper';
 CREATE FUNCTION biomero.set_append_mode(
     "application_name" TEXT,
     "mode" TEXT
@@ -520,6 +528,24 @@ SELECT f.application_name,
        f.lowest_id = min(f.lowest_id) OVER (PARTITION BY f.application_name) AS holds_horizon
 FROM biomero.in_flight_appends() AS f;
 
+-- The extension's locks held or awaited in this database, by name: who holds an
+-- application's append lock (in serialized mode a transaction left open holds up every writer
+-- of it) or a follower's claim. End a stuck holder with pg_terminate_backend(pid).
+CREATE VIEW biomero.locks AS
+SELECT l.pid,
+       k.kind,
+       a.application_name,
+       u.application_name AS upstream_application_name,
+       l.granted,
+       l.waitstart
+FROM pg_catalog.pg_locks AS l
+JOIN biomero.lock_kinds() AS k ON k.objsubid = l.objsubid
+JOIN pg_catalog.pg_database AS d ON d.oid = l.database AND d.datname = current_database()
+LEFT JOIN biomero.application_registry AS a ON a.application_id = l.classid::bigint
+LEFT JOIN biomero.application_registry AS u
+       ON k.kind = 'claim' AND u.application_id = l.objid::bigint
+WHERE l.locktype = 'advisory';
+
 CREATE FUNCTION biomero.summary() RETURNS jsonb
 LANGUAGE sql STABLE PARALLEL SAFE
 SET search_path = pg_catalog, pg_temp
@@ -545,12 +571,14 @@ REVOKE ALL ON FUNCTION
     biomero.max_notification_id(text), biomero.max_tracking_id(text, text),
     biomero.select_notifications(text, bigint, bigint, bigint, text[], boolean),
     biomero.unexpected_columns(regclass, text[]), biomero.check_import_source(regclass, text),
-    biomero.import_eventsourcing(text, regclass, regclass, text), biomero.summary()
+    biomero.import_eventsourcing(text, regclass, regclass, text), biomero.summary(),
+    biomero.lock_kinds()
 FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION
     biomero.check_name(text, text),
     biomero.check_limit(bigint),
     biomero.check_topics(text[]),
     biomero.readable_bound(text),
-    biomero.append_state(text)
+    biomero.append_state(text),
+    biomero.lock_kinds()
 TO PUBLIC;

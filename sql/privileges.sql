@@ -1,7 +1,7 @@
 -- Privileges are granted, not assumed (see README, "Privileges"). Nothing in the schema is
 -- usable by PUBLIC but the helpers the reads call, which read the tables with the caller's
--- rights and so reveal nothing the caller could not read: the argument checks, the read bound
--- and the live append state. An administrator grants one of two sets:
+-- rights and so reveal nothing the caller could not read: the argument checks, the read bound,
+-- the live append state and the names of the lock kinds. An administrator grants one of two sets:
 --   writers: EXECUTE on record_event, record_events, record_tracking, claim
 --   readers: SELECT on the tables and views, EXECUTE on the select_*, max_*, summary and
 --            in_flight_appends
@@ -15,5 +15,6 @@ GRANT EXECUTE ON FUNCTION
     biomero.check_limit(bigint),
     biomero.check_topics(text[]),
     biomero.readable_bound(text),
-    biomero.append_state(text)
+    biomero.append_state(text),
+    biomero.lock_kinds()
 TO PUBLIC;

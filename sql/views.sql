@@ -44,6 +44,24 @@ SELECT f.application_name,
        f.lowest_id = min(f.lowest_id) OVER (PARTITION BY f.application_name) AS holds_horizon
 FROM biomero.in_flight_appends() AS f;
 
+-- The extension's locks held or awaited in this database, by name: who holds an
+-- application's append lock (in serialized mode a transaction left open holds up every writer
+-- of it) or a follower's claim. End a stuck holder with pg_terminate_backend(pid).
+CREATE VIEW biomero.locks AS
+SELECT l.pid,
+       k.kind,
+       a.application_name,
+       u.application_name AS upstream_application_name,
+       l.granted,
+       l.waitstart
+FROM pg_catalog.pg_locks AS l
+JOIN biomero.lock_kinds() AS k ON k.objsubid = l.objsubid
+JOIN pg_catalog.pg_database AS d ON d.oid = l.database AND d.datname = current_database()
+LEFT JOIN biomero.application_registry AS a ON a.application_id = l.classid::bigint
+LEFT JOIN biomero.application_registry AS u
+       ON k.kind = 'claim' AND u.application_id = l.objid::bigint
+WHERE l.locktype = 'advisory';
+
 CREATE FUNCTION biomero.summary() RETURNS jsonb
 LANGUAGE sql STABLE PARALLEL SAFE
 SET search_path = pg_catalog, pg_temp

@@ -48,7 +48,7 @@ extension_sql_file!("../sql/admin.sql", name = "admin", requires = ["schema"]);
 extension_sql_file!(
     "../sql/views.sql",
     name = "views",
-    requires = ["schema", append_state, in_flight_appends]
+    requires = ["schema", append_state, in_flight_appends, lock_kinds]
 );
 extension_sql_file!("../sql/adopt.sql", name = "adopt", requires = ["schema"]);
 extension_sql_file!("../sql/privileges.sql", name = "privileges", finalize);

@@ -12,6 +12,7 @@
 
 use crate::error::{Error, Result};
 use pgrx::pg_sys;
+use pgrx::prelude::*;
 use pgrx::{PgSqlErrorCode, PgTryBuilder};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -26,6 +27,13 @@ pub enum LockKind {
 /// The lock kinds as `pg_locks.objsubid` shows them, for SQL and the tests.
 pub const APPEND_LOCK_KIND: i16 = LockKind::Append as i16;
 pub const CLAIM_LOCK_KIND: i16 = LockKind::Claim as i16;
+
+/// The lock kinds by name, for the view `biomero.locks` (one definition of the numbers).
+#[pg_extern(immutable, parallel_safe)]
+#[search_path(pg_catalog, pg_temp)]
+fn lock_kinds() -> TableIterator<'static, (name!(kind, &'static str), name!(objsubid, i16))> {
+    TableIterator::new([("append", APPEND_LOCK_KIND), ("claim", CLAIM_LOCK_KIND)])
+}
 
 fn lock_tag(kind: LockKind, first: i32, second: i32) -> pg_sys::LOCKTAG {
     pg_sys::LOCKTAG {

@@ -20,8 +20,6 @@ from things import Seen, Thing, Tracker
 
 import biomero_tracking
 
-CLAIM_LOCK_KIND = 0x6202  # the extension's advisory lock kind of a claim
-
 
 def _apps(
     policy: Any, *, base: type = biomero_tracking.ProcessApplication, **attributes: Any
@@ -65,11 +63,7 @@ def _insert(session: Any, table: str, notification_id: int, label: str) -> None:
 
 def _claims_held() -> int:
     with support.admin() as cursor:
-        cursor.execute(
-            "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND objsubid = %s "
-            "AND granted",
-            (CLAIM_LOCK_KIND,),
-        )
+        cursor.execute("SELECT count(*) FROM biomero.locks WHERE kind = 'claim' AND granted")
         return int(cursor.fetchone()[0])
 
 

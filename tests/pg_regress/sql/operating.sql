@@ -26,6 +26,17 @@ SELECT biomero.set_append_mode('Operated', 'serialized');
 SELECT biomero.record_event('Operated', gen_random_uuid(), 0, 't', '');
 SELECT biomero.set_append_mode('Operated', 'fast');
 
+-- The extension's locks in this database, by name: here this session's claim and append lock
+-- (in serialized mode, an open transaction holding an append lock holds up every writer of
+-- the application; pg_terminate_backend(pid) ends it).
+BEGIN;
+SELECT biomero.claim('OperatedFollower', 'Operated');
+SELECT biomero.record_event('Operated', gen_random_uuid(), 0, 't', '');
+SELECT kind, application_name, upstream_application_name, granted, pid = pg_backend_pid() AS mine
+FROM biomero.locks ORDER BY kind;
+COMMIT;
+SELECT count(*) AS held_after_commit FROM biomero.locks;
+
 -- Restricting an application to a role: its non-members may not append, record positions or
 -- claim as it.
 CREATE ROLE regress_trackers;
