@@ -122,7 +122,9 @@ class Target:
         if self.met:
             return "yes"
         gap = (1 - self.value / self.bound if self.at_least else self.value / self.bound - 1)
-        return f"**no** ({gap * 100:.0f}% {'short' if self.at_least else 'over'})"
+        # A miss that rounds to the bound in the measured column still shows its size.
+        percent = f"{gap * 100:.1f}" if gap < 0.01 else f"{gap * 100:.0f}"
+        return f"**no** ({percent}% {'short' if self.at_least else 'over'})"
 
 
 def throughput_target(results, name, group, mine, base, bound, clients=None):
