@@ -6,9 +6,10 @@
 #           (scripts/test-python.sh)
 #   18      the unit tests and the ordering, race, concurrent-mode, fault and update tests, and
 #           the regression tests
-# then the Debian package of every tested major, built (scripts/package.sh), installed and
-# tested as an operator would (scripts/test-package.sh). Ends with what ran per major, the
-# result and the time.
+# then the README's snippets, its demo included (scripts/test-readme.sh), and the Debian
+# package of every tested major, built (scripts/package.sh), installed and tested as an
+# operator would (scripts/test-package.sh). Ends with what ran per major, the result and the
+# time.
 #   bash scripts/test.sh
 #   PG_MAJORS="16 18" bash scripts/test.sh    only these majors
 set -euo pipefail
@@ -96,6 +97,8 @@ for major in "${majors[@]}"; do
         step "$major" "Python client" env PG_MAJOR="$major" bash scripts/test-python.sh
     fi
 done
+
+step all "README snippets and demo" bash scripts/test-readme.sh
 
 for major in "${majors[@]}"; do
     step "$major" "Debian package: build, install, test" bash scripts/test-package.sh "$major"
