@@ -345,6 +345,7 @@ DECLARE
     present bigint;
     conflicting bigint;
     passed bigint;
+    source_upstream text;
 BEGIN
     PERFORM biomero.check_name(target, 'application_name');
     IF events_table IS NULL THEN
@@ -448,15 +449,26 @@ BEGIN
                 DETAIL = format('Missing or of another type: %s.', wrong);
         END IF;
         EXECUTE format('LOCK TABLE %s IN SHARE MODE', tracking_table);
+        -- eventsourcing 9.4 and later also keep a '__migration__' row: not an upstream.
+        -- Every other upstream's name must be one the extension takes: refused, not skipped.
+        FOR source_upstream IN EXECUTE format(
+            'SELECT DISTINCT s.application_name FROM ONLY %1$s AS s
+             WHERE s.notification_id > 0 AND s.application_name <> $2
+               AND ($1::text IS NULL OR s.application_name = $1)',
+            tracking_table)
+        USING upstream, '__migration__'
+        LOOP
+            PERFORM biomero.check_name(source_upstream,
+                                       format('application_name in %s', tracking_table));
+        END LOOP;
         -- Multi-row tables hold one row per processed notification, single-row ones one
         -- row per upstream: the highest id per upstream is the position either way.
-        -- eventsourcing 9.4 and later also keep a '__migration__' row: not an upstream.
         EXECUTE format(
             'INSERT INTO biomero.tracking AS t
                  (application_name, upstream_application_name, notification_id)
              SELECT $1, s.application_name, max(s.notification_id)
              FROM ONLY %1$s AS s
-             WHERE s.notification_id > 0 AND length(s.application_name) BETWEEN 1 AND 255
+             WHERE s.notification_id > 0
                AND s.application_name <> $3
                AND ($2::text IS NULL OR s.application_name = $2)
              GROUP BY s.application_name

@@ -52,6 +52,28 @@ DROP OWNED BY regress_outsider;
 DROP ROLE regress_outsider;
 DROP ROLE regress_trackers;
 
+-- Importing an eventsourcing store (its events table, and a follower's tracking table):
+-- events keep their notification ids, the highest tracked id per upstream becomes the
+-- position; a second import finds everything present.
+CREATE TABLE legacy_events (notification_id bigint PRIMARY KEY, originator_id uuid,
+                            originator_version bigint, topic text, state bytea);
+INSERT INTO legacy_events VALUES
+    (1, 'a3c4e1f0-0000-4000-8000-000000000001', 0, 'legacy:Created', ''),
+    (3, 'a3c4e1f0-0000-4000-8000-000000000001', 1, 'legacy:Updated', '');
+CREATE TABLE legacy_tracking (application_name text, notification_id bigint,
+                              PRIMARY KEY (application_name, notification_id));
+INSERT INTO legacy_tracking VALUES ('LegacyUpstream', 1), ('LegacyUpstream', 2),
+                                   ('__migration__', 1);
+SELECT * FROM biomero.import_eventsourcing('Legacy', 'legacy_events', 'legacy_tracking');
+SELECT * FROM biomero.import_eventsourcing('Legacy', 'legacy_events', 'legacy_tracking');
+SELECT notification_id, topic FROM biomero.select_notifications('Legacy', 1, 10);
+SELECT biomero.max_tracking_id('Legacy', 'LegacyUpstream');
+-- A tracked upstream whose name the extension cannot take is refused, and nothing is written.
+INSERT INTO legacy_tracking VALUES (repeat('x', 256), 4);
+SELECT * FROM biomero.import_eventsourcing('Legacy2', 'legacy_events', 'legacy_tracking');
+SELECT count(*) AS imported FROM biomero.events WHERE application_name = 'Legacy2';
+DROP TABLE legacy_events, legacy_tracking;
+
 -- Every function pins its search_path; nothing is granted to PUBLIC but the read helpers.
 SELECT count(*) AS unpinned FROM pg_proc
 WHERE pronamespace = 'biomero'::regnamespace
