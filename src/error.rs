@@ -142,6 +142,22 @@ impl From<Error> for ErrorReport {
     }
 }
 
+/// Runs `body`, a wait for a lock; a wait cut by `lock_timeout` or `statement_timeout` (or a
+/// cancel) is raised again as ours, naming what was waited for (`describe()`).
+pub fn reword_wait<T>(
+    describe: impl Fn() -> String + RefUnwindSafe,
+    body: impl FnOnce() -> T + UnwindSafe,
+) -> T {
+    PgTryBuilder::new(body)
+        .catch_when(PgSqlErrorCode::ERRCODE_LOCK_NOT_AVAILABLE, |_| {
+            Error::LockTimeout(describe()).raise()
+        })
+        .catch_when(PgSqlErrorCode::ERRCODE_QUERY_CANCELED, |_| {
+            Error::Canceled(describe()).raise()
+        })
+        .execute()
+}
+
 /// Runs `body`; a serialization failure raised inside it (a row committed after the
 /// transaction's snapshot, under REPEATABLE READ or SERIALIZABLE) is raised again as ours,
 /// saying what conflicted (`conflict()`) and that the transaction should be retried.

@@ -10,10 +10,9 @@
 //! transaction: they are released at its commit or rollback (not at a `ROLLBACK TO
 //! SAVEPOINT`), which keeps the extension safe behind transaction-pooling connection poolers.
 
-use crate::error::{Error, Result};
+use crate::error::{reword_wait, Result};
 use pgrx::pg_sys;
 use pgrx::prelude::*;
-use pgrx::{PgSqlErrorCode, PgTryBuilder};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[repr(u16)]
@@ -59,7 +58,7 @@ pub fn acquire(
     describe: impl Fn() -> String + std::panic::RefUnwindSafe,
 ) -> Result<bool> {
     let tag = lock_tag(kind, first, second);
-    let acquired = PgTryBuilder::new(|| {
+    let acquired = reword_wait(describe, || {
         let _top = TopTransactionOwner::switch();
         // SAFETY: a valid tag on the stack; ExclusiveLock on the user lock method is what
         // pg_advisory_xact_lock takes; sessionLock = false makes it transaction-scoped.
@@ -72,14 +71,7 @@ pub fn acquire(
             )
         };
         result != pg_sys::LockAcquireResult::LOCKACQUIRE_NOT_AVAIL
-    })
-    .catch_when(PgSqlErrorCode::ERRCODE_LOCK_NOT_AVAILABLE, |_| {
-        Error::LockTimeout(describe()).raise()
-    })
-    .catch_when(PgSqlErrorCode::ERRCODE_QUERY_CANCELED, |_| {
-        Error::Canceled(describe()).raise()
-    })
-    .execute();
+    });
     Ok(acquired)
 }
 

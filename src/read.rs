@@ -178,16 +178,7 @@ fn in_flight_appends() -> Result<
     let registrations = shared.registrations(access::events_relation()?);
     let rows = statements::connected(|| {
         let ids: Vec<i32> = registrations.iter().map(|row| row.0).collect();
-        let (_, names) = statements::execute(
-            &statements::APPLICATION_NAMES,
-            &[ids.into_datum()],
-            Snapshot::Caller,
-            |row| (row.get::<i32>(1), row.get::<String>(2)),
-        )?;
-        let names: std::collections::HashMap<i32, String> = names
-            .into_iter()
-            .filter_map(|(id, name)| Some((id?, name?)))
-            .collect();
+        let names = registry::names(ids, Snapshot::Caller)?;
         Ok(registrations
             .iter()
             .map(|(id, pid, started, lowest)| {

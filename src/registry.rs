@@ -6,7 +6,7 @@
 //! share a lock. Followers and upstreams are applications too: a claim is keyed by the pair of
 //! ids. Writers register names on first use; readers only look them up.
 
-use crate::error::{Error, Result};
+use crate::error::{reword_wait, Error, Result};
 use crate::statements::{self, Snapshot};
 use pgrx::pg_sys::{self, Oid};
 use pgrx::{IntoDatum, PgSqlErrorCode, PgTryBuilder};
@@ -178,6 +178,20 @@ pub fn find(name: &str, snapshot: Snapshot) -> Result<Option<Application>> {
     .transpose()
 }
 
+/// The names of the registry ids `ids` (those found), read with `snapshot`.
+pub fn names(ids: Vec<i32>, snapshot: Snapshot) -> Result<HashMap<i32, String>> {
+    let (_, rows) = statements::execute(
+        &statements::APPLICATION_NAMES,
+        &[ids.into_datum()],
+        snapshot,
+        |row| (row.get::<i32>(1), row.get::<String>(2)),
+    )?;
+    Ok(rows
+        .into_iter()
+        .filter_map(|(id, name)| Some((id?, name?)))
+        .collect())
+}
+
 /// The registry row of `name`, registering it first if it is new. Reads the latest committed
 /// state, so a name registered after the caller's snapshot is found, not registered twice; a
 /// registration still in progress elsewhere is waited for.
@@ -188,21 +202,14 @@ pub fn register(name: &str) -> Result<Application> {
     // A first use of the name by a transaction that has not committed yet is waited for (one
     // name, one id); a wait cut by lock_timeout or statement_timeout says so.
     let describe = || format!("the registration of application \"{name}\" by another transaction");
-    PgTryBuilder::new(|| {
+    reword_wait(describe, || {
         statements::execute(
             &statements::REGISTER_APPLICATION,
             &[name.into_datum()],
             Snapshot::Latest,
             |_| (),
         )
-    })
-    .catch_when(PgSqlErrorCode::ERRCODE_LOCK_NOT_AVAILABLE, |_| {
-        Error::LockTimeout(describe()).raise()
-    })
-    .catch_when(PgSqlErrorCode::ERRCODE_QUERY_CANCELED, |_| {
-        Error::Canceled(describe()).raise()
-    })
-    .execute()?;
+    })?;
     find_latest(name)?
         .ok_or_else(|| Error::Internal(format!("application \"{name}\" was not registered")))
 }

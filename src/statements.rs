@@ -187,33 +187,33 @@ pub const FORGET_POSITION: Statement = Statement {
     parameters: &[TEXTOID, TEXTOID],
 };
 
-/// One aggregate's events by version, ascending and descending: two statements, so that each
-/// walks the unique index in its own order.
-pub const AGGREGATE_EVENTS_ASCENDING: Statement = Statement {
-    name: "aggregate_events_ascending",
-    text: "
+/// One aggregate's events by version in `$order`: one statement per order, so that each
+/// walks the unique index in its own direction.
+macro_rules! aggregate_events {
+    ($name:literal, $order:literal) => {
+        Statement {
+            name: $name,
+            text: concat!(
+                "
         SELECT notification_id, originator_id, originator_version, topic, state
         FROM biomero.events
         WHERE application_name = $1 AND originator_id = $2
           AND originator_version > coalesce($3, -1)
           AND originator_version <= coalesce($4, 9223372036854775807)
-        ORDER BY originator_version ASC
-        LIMIT $5",
-    parameters: &[TEXTOID, pg_sys::UUIDOID, INT8OID, INT8OID, INT8OID],
-};
+        ORDER BY originator_version ",
+                $order,
+                "
+        LIMIT $5"
+            ),
+            parameters: &[TEXTOID, pg_sys::UUIDOID, INT8OID, INT8OID, INT8OID],
+        }
+    };
+}
 
-pub const AGGREGATE_EVENTS_DESCENDING: Statement = Statement {
-    name: "aggregate_events_descending",
-    text: "
-        SELECT notification_id, originator_id, originator_version, topic, state
-        FROM biomero.events
-        WHERE application_name = $1 AND originator_id = $2
-          AND originator_version > coalesce($3, -1)
-          AND originator_version <= coalesce($4, 9223372036854775807)
-        ORDER BY originator_version DESC
-        LIMIT $5",
-    parameters: &[TEXTOID, pg_sys::UUIDOID, INT8OID, INT8OID, INT8OID],
-};
+pub const AGGREGATE_EVENTS_ASCENDING: Statement =
+    aggregate_events!("aggregate_events_ascending", "ASC");
+pub const AGGREGATE_EVENTS_DESCENDING: Statement =
+    aggregate_events!("aggregate_events_descending", "DESC");
 
 thread_local! {
     /// This backend's kept plans, by statement name.

@@ -44,17 +44,19 @@ impl<'a> Position<'a> {
     }
 }
 
+/// What a transaction whose snapshot misses the latest position conflicted with.
+fn position_recorded_after_snapshot(follower: &str, upstream: &str) -> String {
+    format!(
+        "the position of follower \"{follower}\" on upstream \"{upstream}\" was recorded \
+         after this transaction's snapshot was taken"
+    )
+}
+
 /// Moves the pair's position forward to `position`; false when it was already at or past it.
 /// The caller is authorized for the follower.
 pub fn advance(position: &Position) -> Result<bool> {
     check_readable(position)?;
-    let conflict = || {
-        format!(
-            "the position of follower \"{}\" on upstream \"{}\" was recorded after this \
-             transaction's snapshot was taken",
-            position.follower, position.upstream
-        )
-    };
+    let conflict = || position_recorded_after_snapshot(position.follower, position.upstream);
     let arguments = [
         position.follower.into_datum(),
         position.upstream.into_datum(),
@@ -173,10 +175,9 @@ fn take_claim(follower: &str, upstream: &str, wait: bool) -> Result<Option<i64>>
     // SERIALIZABLE, begun earlier) must not process from the older one it sees.
     let latest = position(follower, upstream, Snapshot::Latest)?;
     if uses_transaction_snapshot() && position(follower, upstream, Snapshot::Current)? != latest {
-        return Err(Error::SerializationFailure(format!(
-            "the position of follower \"{follower}\" on upstream \"{upstream}\" was recorded \
-             after this transaction's snapshot was taken"
-        )));
+        return Err(Error::SerializationFailure(
+            position_recorded_after_snapshot(follower, upstream),
+        ));
     }
     Ok(Some(latest.unwrap_or(0)))
 }

@@ -15,6 +15,7 @@
 use crate::access;
 use crate::error::Result;
 use crate::notify;
+use crate::registry;
 use crate::shared::{self, Publisher};
 use crate::statements::{self, Snapshot};
 use pgrx::bgworkers::{BackgroundWorker, BackgroundWorkerBuilder, SignalWakeFlags};
@@ -42,17 +43,20 @@ pub fn ensure_running() -> Result<()> {
     // SAFETY: set at backend start.
     let database = unsafe { pg_sys::MyDatabaseId }.to_u32();
     let publishers = shared.publishers();
-    let running = |publisher: &Publisher| {
+    // Running, or asked to start less than the grace period before `at`.
+    let running = |publisher: &Publisher, at: i64| {
         publisher.database.load(SeqCst) == database
             && (publisher.pid.load(SeqCst) != 0
-                || now() - publisher.requested_at.load(SeqCst) < START_GRACE_MICROSECONDS)
+                || at - publisher.requested_at.load(SeqCst) < START_GRACE_MICROSECONDS)
     };
-    if publishers.iter().any(running) {
+    let at = now();
+    if publishers.iter().any(|publisher| running(publisher, at)) {
         return Ok(());
     }
     let slot = {
         let _lock = shared.lock();
-        if publishers.iter().any(running) {
+        let at = now();
+        if publishers.iter().any(|publisher| running(publisher, at)) {
             return Ok(());
         }
         let Some(slot) = publishers
@@ -61,7 +65,7 @@ pub fn ensure_running() -> Result<()> {
             .or_else(|| {
                 publishers.iter().position(|publisher| {
                     publisher.pid.load(SeqCst) == 0
-                        && now() - publisher.requested_at.load(SeqCst) >= START_GRACE_MICROSECONDS
+                        && at - publisher.requested_at.load(SeqCst) >= START_GRACE_MICROSECONDS
                 })
             })
         else {
@@ -72,7 +76,7 @@ pub fn ensure_running() -> Result<()> {
             return Ok(());
         };
         publishers[slot].database.store(database, SeqCst);
-        publishers[slot].requested_at.store(now(), SeqCst);
+        publishers[slot].requested_at.store(at, SeqCst);
         slot
     };
     let started = BackgroundWorkerBuilder::new("biomero_tracking horizon publisher")
@@ -207,16 +211,8 @@ fn publish(
             .filter(|id| !names.contains_key(&(relation, *id)))
             .collect();
         if !unknown.is_empty() {
-            let (_, found) = statements::execute(
-                &statements::APPLICATION_NAMES,
-                &[unknown.into_datum()],
-                Snapshot::Current,
-                |row| (row.get::<i32>(1), row.get::<String>(2)),
-            )?;
-            for (id, name) in found {
-                if let (Some(id), Some(name)) = (id, name) {
-                    names.insert((relation, id), name);
-                }
+            for (id, name) in registry::names(unknown, Snapshot::Current)? {
+                names.insert((relation, id), name);
             }
         }
         for (id, before, horizon) in &changes {
