@@ -12,21 +12,6 @@ use std::path::Path;
 use std::process::Command;
 use std::time::Instant;
 
-type PositionRow = (String, String, i64);
-
-fn positions(client: &mut Client) -> Vec<PositionRow> {
-    client
-        .query(
-            "SELECT application_name, upstream_application_name, notification_id \
-             FROM biomero.tracking ORDER BY 1, 2",
-            &[],
-        )
-        .unwrap()
-        .iter()
-        .map(|row| (row.get(0), row.get(1), row.get(2)))
-        .collect()
-}
-
 /// The constraints and indexes of the extension's tables, by name and definition.
 fn schema_objects(client: &mut Client) -> Vec<String> {
     client
@@ -151,7 +136,7 @@ fn populate(client: &mut Client) -> (usize, usize) {
             .get(0);
         assert!(advanced);
     }
-    (stored_events(client).len(), positions(client).len())
+    (stored_events(client).len(), stored_positions(client).len())
 }
 
 /// In a restored database: everything equal to the source, and the log goes on.
@@ -176,7 +161,11 @@ fn check_restored(
             original.1
         );
     }
-    assert_eq!(positions(target), source_positions, "{how}: positions");
+    assert_eq!(
+        stored_positions(target),
+        source_positions,
+        "{how}: positions"
+    );
     assert_eq!(
         schema_objects(target),
         source_schema,
@@ -269,7 +258,7 @@ fn backup_pg_dump_and_restore_keep_every_event_and_position() {
         .unwrap();
     let (event_count, position_count) = populate(&mut client);
     let source_events = stored_events(&mut client);
-    let source_positions = positions(&mut client);
+    let source_positions = stored_positions(&mut client);
     let source_schema = schema_objects(&mut client);
     let applications = count(
         &mut client,

@@ -11,7 +11,7 @@
 
 mod common;
 
-use common::{assert_store_invariants, random_uuid, unique_name};
+use common::{assert_store_invariants, random_uuid, stored_events, stored_positions, unique_name};
 use postgres::error::SqlState;
 use postgres::{Client, NoTls};
 use std::collections::BTreeMap;
@@ -71,35 +71,6 @@ fn version(client: &mut Client) -> String {
         .get(0)
 }
 
-type EventRow = (String, i64, String, i64, String, Vec<u8>);
-type PositionRow = (String, String, i64);
-
-fn events(client: &mut Client) -> Vec<EventRow> {
-    client
-        .query(
-            "SELECT application_name, notification_id, originator_id::text, originator_version, \
-             topic, state FROM biomero.events ORDER BY 1, 2",
-            &[],
-        )
-        .unwrap()
-        .iter()
-        .map(|r| (r.get(0), r.get(1), r.get(2), r.get(3), r.get(4), r.get(5)))
-        .collect()
-}
-
-fn positions(client: &mut Client) -> Vec<PositionRow> {
-    client
-        .query(
-            "SELECT application_name, upstream_application_name, notification_id \
-             FROM biomero.tracking ORDER BY 1, 2",
-            &[],
-        )
-        .unwrap()
-        .iter()
-        .map(|r| (r.get(0), r.get(1), r.get(2)))
-        .collect()
-}
-
 fn append(client: &mut Client, application: &str, aggregate: &str, version: i64) -> i64 {
     client
         .query_one(
@@ -155,12 +126,16 @@ fn package_creates_its_version_and_updates_from_0_1_0() {
             "INSERT INTO biomero.tracking VALUES ('WorkflowProgress', 'WorkflowTracker', 3)",
         )
         .unwrap();
-    let before = events(&mut client);
+    let before = stored_events(&mut client);
     client
         .batch_execute("ALTER EXTENSION biomero_tracking UPDATE")
         .unwrap();
     assert_eq!(version(&mut client), env!("CARGO_PKG_VERSION"));
-    assert_eq!(events(&mut client), before, "the update keeps every event");
+    assert_eq!(
+        stored_events(&mut client),
+        before,
+        "the update keeps every event"
+    );
     assert_eq!(append(&mut client, "WorkflowTracker", &aggregate, 5), 6);
     let duplicate = client
         .query_one(
@@ -388,7 +363,8 @@ fn package_backup_and_restore_keep_every_event_and_position() {
         )
         .unwrap();
     heads.insert("WorkflowProgress".into(), 1);
-    let (source_events, source_positions) = (events(&mut client), positions(&mut client));
+    let (source_events, source_positions) =
+        (stored_events(&mut client), stored_positions(&mut client));
 
     let dump = std::env::temp_dir().join(format!("{source}.dump"));
     let dump = dump.to_str().unwrap();
@@ -399,8 +375,16 @@ fn package_backup_and_restore_keep_every_event_and_position() {
 
     let mut target = connect(&restored);
     assert_eq!(version(&mut target), env!("CARGO_PKG_VERSION"));
-    assert_eq!(events(&mut target), source_events, "every event restored");
-    assert_eq!(positions(&mut target), source_positions, "every position");
+    assert_eq!(
+        stored_events(&mut target),
+        source_events,
+        "every event restored"
+    );
+    assert_eq!(
+        stored_positions(&mut target),
+        source_positions,
+        "every position"
+    );
     assert_store_invariants(&mut target);
     for (application, head) in &heads {
         assert_eq!(

@@ -349,6 +349,25 @@ pub fn stored_events(client: &mut Client) -> Vec<EventRow> {
         .collect()
 }
 
+/// A follower position as stored: (application, upstream, notification id).
+#[allow(dead_code)]
+pub type PositionRow = (String, String, i64);
+
+/// Every stored position, in (application, upstream) order.
+#[allow(dead_code)]
+pub fn stored_positions(client: &mut Client) -> Vec<PositionRow> {
+    client
+        .query(
+            "SELECT application_name, upstream_application_name, notification_id \
+             FROM biomero.tracking ORDER BY application_name, upstream_application_name",
+            &[],
+        )
+        .unwrap()
+        .iter()
+        .map(|row| (row.get(0), row.get(1), row.get(2)))
+        .collect()
+}
+
 /// The number `query` (a `SELECT count(*) ...` without parameters) returns.
 #[allow(dead_code)]
 pub fn count(client: &mut Client, query: &str) -> i64 {
