@@ -21,13 +21,8 @@ root=$PWD
 source scripts/pg.sh
 export PATH="$HOME/.cargo/bin:$PATH"
 
-if (($#)); then
-    majors=("$@")
-else
-    majors=("${TESTED_PG_MAJORS[@]}")
-fi
-version=$(sed -n 's/^version = "\(.*\)"$/\1/p' Cargo.toml | head -1)
-test -n "$version"
+read -r -a majors <<<"$(pg_majors "$@")"
+version=$EXTENSION_VERSION
 revision=${PACKAGE_REVISION:-1}
 arch=$(dpkg --print-architecture)
 maintainer=${PACKAGE_MAINTAINER:-biomero_tracking maintainers <maintainers@biomero-tracking.invalid>}

@@ -40,6 +40,15 @@ pg_wheel() {
     esac
 }
 
+# The majors named as arguments, or every tested major: `read -r -a majors <<<"$(pg_majors "$@")"`.
+pg_majors() {
+    if (($#)); then
+        echo "$@"
+    else
+        echo "${TESTED_PG_MAJORS[*]}"
+    fi
+}
+
 pg_check_major() {
     case " ${TESTED_PG_MAJORS[*]} " in
     *" $1 "*) ;;
@@ -122,3 +131,7 @@ pg_install_major() {
 pg_check_major "$PG_MAJOR"
 PG_CONFIG=$(pg_config_of "$PG_MAJOR")
 PG_BIN=${PG_CONFIG%/pg_config}
+# The extension's version: Cargo.toml's, which the control file and the packages take.
+EXTENSION_VERSION=$(sed -n 's/^version = "\(.*\)"$/\1/p' \
+    "$(dirname "${BASH_SOURCE[0]}")/../Cargo.toml" | head -1)
+test -n "$EXTENSION_VERSION"

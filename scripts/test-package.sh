@@ -18,12 +18,8 @@ root=$PWD
 source scripts/pg.sh
 export PATH="$HOME/.cargo/bin:$PATH"
 
-if (($#)); then
-    majors=("$@")
-else
-    majors=("${TESTED_PG_MAJORS[@]}")
-fi
-version=$(sed -n 's/^version = "\(.*\)"$/\1/p' Cargo.toml | head -1)
+read -r -a majors <<<"$(pg_majors "$@")"
+version=$EXTENSION_VERSION
 revision=${PACKAGE_REVISION:-1}
 arch=$(dpkg --print-architecture)
 out=${PACKAGE_DIR:-target/packages}
