@@ -110,10 +110,7 @@ fn lock_for_import(application_name: Option<&str>) -> Result<i64, ErrorReport> {
     Ok(statements::connected(|| {
         let registered = registry::register(application)?;
         locks::append(application, registered.id)?;
-        let entry = match shared::shared() {
-            Some(shared) => shared.find(access::events_relation()?, registered.id),
-            None => None,
-        };
+        let entry = shared::entry_of(registered.id)?;
         let concurrent = match &entry {
             Some(entry) => {
                 ids::ready(application, &registered, entry)?;

@@ -96,10 +96,7 @@ fn readable_bound(application_name: Option<&str>) -> Result<Option<i64>, ErrorRe
         if in_recovery() || unsafe { (*snapshot).takenDuringRecovery } {
             return Ok(registered.published_horizon);
         }
-        let Some(shared) = shared::shared() else {
-            return Ok(None);
-        };
-        let Some(entry) = shared.find(access::events_relation()?, registered.id) else {
+        let Some(entry) = shared::entry_of(registered.id)? else {
             return Ok(None);
         };
         if !entry.is_ready() {
@@ -140,10 +137,7 @@ fn append_state(
                 registered.published_horizon,
             ));
         }
-        let entry = match shared::shared() {
-            Some(shared) => shared.find(access::events_relation()?, registered.id),
-            None => None,
-        };
+        let entry = shared::entry_of(registered.id)?;
         Ok(match entry {
             Some(entry) if entry.is_ready() => {
                 (Some(entry.mode().as_str().to_string()), entry.horizon())

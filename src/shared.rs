@@ -300,6 +300,15 @@ pub struct Shared {
     lock: *mut pg_sys::LWLock,
 }
 
+/// The concurrent-mode entry of the application with registry id `application` in this
+/// database: None without the preloaded library or when the application has none.
+pub fn entry_of(application: i32) -> Result<Option<EntryRef>> {
+    let Some(shared) = shared() else {
+        return Ok(None);
+    };
+    Ok(shared.find(crate::access::events_relation()?, application))
+}
+
 pub fn shared() -> Option<Shared> {
     let base = BASE.load(SeqCst);
     if base.is_null() {

@@ -81,10 +81,7 @@ fn check_readable(position: &Position) -> Result<()> {
     let Some(upstream) = registry::find_latest(position.upstream)? else {
         return Ok(());
     };
-    let entry = match shared::shared() {
-        Some(shared) => shared.find(access::events_relation()?, upstream.id),
-        None => None,
-    };
+    let entry = shared::entry_of(upstream.id)?;
     let horizon = match entry {
         Some(entry) if entry.is_ready() => entry.horizon(),
         // Not yet used since the server started: everything committed is settled.
