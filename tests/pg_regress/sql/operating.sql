@@ -74,7 +74,8 @@ SELECT * FROM biomero.import_eventsourcing('Legacy2', 'legacy_events', 'legacy_t
 SELECT count(*) AS imported FROM biomero.events WHERE application_name = 'Legacy2';
 DROP TABLE legacy_events, legacy_tracking;
 
--- Every function pins its search_path; nothing is granted to PUBLIC but the read helpers.
+-- Every function pins its search_path; nothing is granted to PUBLIC but the read helpers:
+-- no table or view (biomero.locks included), and these functions.
 SELECT count(*) AS unpinned FROM pg_proc
 WHERE pronamespace = 'biomero'::regnamespace
   AND NOT coalesce(proconfig, '{}') @> ARRAY['search_path=pg_catalog, pg_temp'];
@@ -82,3 +83,6 @@ SELECT p.oid::regprocedure AS granted_to_public
 FROM pg_proc AS p, aclexplode(p.proacl) AS a
 WHERE p.pronamespace = 'biomero'::regnamespace AND a.grantee = 0
 ORDER BY 1;
+SELECT c.oid::regclass AS relation_granted_to_public
+FROM pg_class AS c, aclexplode(c.relacl) AS a
+WHERE c.relnamespace = 'biomero'::regnamespace AND a.grantee = 0;
