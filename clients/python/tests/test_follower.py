@@ -536,6 +536,37 @@ def test_a_library_follower_is_at_least_once_without_errors(
     _close(leader, first, second)
 
 
+def test_a_library_follower_s_rollback_keeps_the_command_s_events(
+    scoped: dict[str, str],
+) -> None:
+    """BIOMERO's views retry a conflicting write after rolling the scoped session back.
+    The command that prompted the pull has not committed yet: its events were committed
+    before the policy ran, so the rollback takes only the policy's own work, and the
+    position recorded is that of a stored notification."""
+
+    def policy(self: Any, domain_event: Any, processing_event: Any) -> None:
+        self.calls.append(processing_event.tracking.notification_id)
+        get_scoped_session().rollback()
+
+    leader_class, follower_class = _apps(policy, base=LibraryProcessApplication)
+    leader, follower = leader_class(env=scoped), follower_class(env=scoped)
+    follower.calls = []
+    follower.follow(leader.name, leader.notification_log)
+
+    leader.create("a")  # saved, not committed: the command commits after its prompt
+    follower.pull_and_process(leader.name)
+    get_scoped_session().commit()
+
+    assert follower.calls == [1]
+    assert _event_count(leader.name) == 1
+    assert follower.recorder.max_tracking_id(leader.name) == 1
+    leader.create("b")
+    get_scoped_session().commit()
+    follower.pull_and_process(leader.name)
+    assert follower.calls == [1, 2]
+    _close(leader, follower)
+
+
 def test_the_recorder_contract_still_raises_for_a_recorded_position() -> None:
     datastore = biomero_tracking.Datastore(url=support.url())
     recorder = biomero_tracking.BiomeroProcessRecorder(

@@ -271,10 +271,7 @@ class Datastore:
                 "this thread is already in a biomero_tracking processing transaction"
             )
             raise ProgrammingError(msg)
-        if self.scoped_session is not None:
-            session = self._scoped_thread_session()
-            if session.in_transaction():
-                self._commit(session)
+        self.commit_pending()
         processing = Processing(self)
         token = self._current.set(processing)
         try:
@@ -283,6 +280,15 @@ class Datastore:
         finally:
             self._current.reset(token)
             processing.close()
+
+    def commit_pending(self) -> None:
+        """Commits the work the application left pending in this thread's scoped session
+        (none without one, or inside a processing transaction)."""
+        if self.scoped_session is None or self._current.get() is not None:
+            return
+        session = self._scoped_thread_session()
+        if session.in_transaction():
+            self._commit(session)
 
     def joined_session(self, connection: Connection) -> Session:
         """A session on ``connection`` that nests its transactions in savepoints, made by

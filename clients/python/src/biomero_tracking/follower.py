@@ -65,6 +65,9 @@ class ClaimingFollower:
         # seen (where its next pull starts).
         self._processed_positions: dict[str, int] = {}
         self._seen_positions: dict[str, int] = {}
+        if self._claims:
+            # It records positions under a claim only: a recorded one is an error.
+            self.recorder.tolerate_recorded_positions = False
 
     @property
     def _claims(self) -> bool:

@@ -271,13 +271,19 @@ class BiomeroTrackingRecorder(BiomeroRecorder, TrackingRecorder):
 class BiomeroProcessRecorder(BiomeroTrackingRecorder, BiomeroApplicationRecorder, ProcessRecorder):
     """A follower's own events recorded together with its tracking position, in one call.
 
-    ``tolerate_recorded_positions`` (the factory sets it: its process recorders serve
-    followers) is for followers derived from eventsourcing's own ``ProcessApplication``,
-    which process notifications outside a claim: when another process has already recorded
-    the position, the follower's record stores nothing and returns no ids instead of
-    raising ``IntegrityError`` into the command that prompted the processing; a warning
-    says so once per follower. Outside a processing transaction such a record is committed
-    at once, so that its lock on the position is not held until the application commits.
+    ``tolerate_recorded_positions`` (the factory sets it; a claiming follower clears it)
+    is for followers derived from eventsourcing's own ``ProcessApplication``, which
+    process notifications outside a claim, in the application's session:
+
+    - their pull starts by committing what that session holds, as a claiming follower's
+      does: the policy runs in the same session, and one that rolls it back (BIOMERO's
+      retry decorator does, on a conflict) would otherwise discard the pending events of
+      the command that prompted the pull, after the follower had read them;
+    - when another process has already recorded the position, the follower's record
+      stores nothing and returns no ids instead of raising ``IntegrityError`` into that
+      command; a warning says so once per follower;
+    - the record is committed at once, so that its lock on the position is not held
+      until the application commits.
     """
 
     def __init__(
@@ -290,6 +296,12 @@ class BiomeroProcessRecorder(BiomeroTrackingRecorder, BiomeroApplicationRecorder
         super().__init__(datastore, application_name=application_name)
         self.tolerate_recorded_positions = tolerate_recorded_positions
         self._warned = False
+
+    def max_tracking_id(self, application_name: str) -> int | None:
+        if self.tolerate_recorded_positions:
+            # eventsourcing's pull_and_process asks this first, before its policy runs.
+            self.datastore.commit_pending()
+        return super().max_tracking_id(application_name)
 
     def insert_events(
         self, stored_events: Sequence[StoredEvent], **kwargs: Any
