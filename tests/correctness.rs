@@ -11,7 +11,7 @@ use common::*;
 use postgres::error::SqlState;
 use postgres::{Client, IsolationLevel};
 use std::thread;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 #[test]
 fn a_claim_never_returns_a_position_older_than_the_latest_committed() {
@@ -213,21 +213,42 @@ fn reads_assign_no_transaction_id_and_use_the_callers_snapshot() {
 
     // Within one statement, every call sees the statement's snapshot: an append committed
     // while the statement runs is not seen by its later calls.
+    let pid = backend_pid(&mut client);
     let appender = {
         let application = application.clone();
         thread::spawn(move || {
-            thread::sleep(Duration::from_millis(300));
-            append_one(&mut connect(), &application);
+            let mut other = connect();
+            // The statement below has taken its snapshot once it sleeps.
+            let deadline = Instant::now() + Duration::from_secs(30);
+            while other
+                .query_one(
+                    "SELECT count(*) FROM pg_stat_activity WHERE pid = $1 AND wait_event = 'PgSleep'",
+                    &[&pid],
+                )
+                .unwrap()
+                .get::<_, i64>(0)
+                == 0
+            {
+                assert!(Instant::now() < deadline, "the statement never slept");
+                thread::sleep(Duration::from_millis(10));
+            }
+            append_one(&mut other, &application);
+            Instant::now()
         })
     };
     let row = client
         .query_one(
-            "SELECT biomero.max_notification_id($1), pg_sleep(1), biomero.max_notification_id($1), \
+            "SELECT biomero.max_notification_id($1), pg_sleep(2), biomero.max_notification_id($1), \
              (SELECT count(*) FROM biomero.select_notifications($1, NULL, 10))",
             &[&application],
         )
         .unwrap();
-    appender.join().unwrap();
+    let returned = Instant::now();
+    let appended = appender.join().unwrap();
+    assert!(
+        appended < returned,
+        "the append did not commit while the statement ran"
+    );
     assert_eq!(
         (
             row.get::<_, i64>(0),
@@ -304,7 +325,7 @@ fn only_utf8_databases_take_the_extension() {
             )
         );
         admin
-            .batch_execute(&format!("DROP DATABASE {database}"))
+            .batch_execute(&format!("DROP DATABASE {database} WITH (FORCE)"))
             .unwrap();
     }
     // One length rule, in characters, for every function.

@@ -8,7 +8,7 @@ use postgres::error::SqlState;
 use postgres::fallible_iterator::FallibleIterator;
 use postgres::{Client, IsolationLevel};
 use std::thread;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 fn record(client: &mut Client, application: &str) -> Result<i64, postgres::Error> {
     client
@@ -33,14 +33,11 @@ fn appends_to_different_applications_never_wait_for_each_other() {
     let mut tx = holder.transaction().unwrap();
     append_one(&mut tx, &busy);
 
+    // The holder keeps busy's lock to the end of the test: a wait for it would end in
+    // 55P03, not in an id.
     let mut other = connect();
     other.batch_execute("SET lock_timeout = '5s'").unwrap();
-    let started = Instant::now();
     assert_eq!(record(&mut other, &free).unwrap(), 1);
-    assert!(
-        started.elapsed() < Duration::from_secs(2),
-        "an unrelated append waited"
-    );
 
     // The same application does wait: lock_timeout cuts it with 55P03 and a clear message.
     other.batch_execute("SET lock_timeout = '200ms'").unwrap();
@@ -51,7 +48,7 @@ fn appends_to_different_applications_never_wait_for_each_other() {
         format!("lock timeout expired while waiting for the append lock of application \"{busy}\"")
     );
     other
-        .batch_execute("SET lock_timeout = 0; SET statement_timeout = '200ms'")
+        .batch_execute("SET lock_timeout = 0; SET statement_timeout = '1s'")
         .unwrap();
     let error = record(&mut other, &busy).unwrap_err();
     assert_eq!(error.code(), Some(&SqlState::QUERY_CANCELED));

@@ -226,7 +226,7 @@ fn update_keeps_data_objects_and_guarantees(release: &str) {
     drop((upgraded, installed));
     for database in [&old, &fresh] {
         admin
-            .batch_execute(&format!("DROP DATABASE {database}"))
+            .batch_execute(&format!("DROP DATABASE {database} WITH (FORCE)"))
             .unwrap();
     }
 }

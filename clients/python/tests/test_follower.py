@@ -185,7 +185,7 @@ def test_a_processor_waits_for_the_one_in_flight_then_skips(read_model: str) -> 
         with support.admin() as cursor:
             cursor.execute(
                 "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' "
-                "AND query LIKE '%%biomero.claim(%%'"
+                "AND datname = current_database() AND query LIKE '%%biomero.claim(%%'"
             )
             waiting = cursor.fetchone()[0]
         time.sleep(0.05)
