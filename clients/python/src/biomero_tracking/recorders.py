@@ -299,7 +299,9 @@ class BiomeroProcessRecorder(BiomeroTrackingRecorder, BiomeroApplicationRecorder
 
     def max_tracking_id(self, application_name: str) -> int | None:
         if self.tolerate_recorded_positions:
-            # eventsourcing's pull_and_process asks this first, before its policy runs.
+            # eventsourcing's pull_and_process asks this first, before its policy runs
+            # (runners that hand new events straight to the policy never ask: there only
+            # a claiming follower is safe).
             self.datastore.commit_pending()
         return super().max_tracking_id(application_name)
 
