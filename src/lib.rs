@@ -24,6 +24,7 @@ mod registry;
 mod retired;
 mod shared;
 mod statements;
+mod subtransaction;
 mod tracking;
 mod worker;
 
@@ -48,7 +49,13 @@ extension_sql_file!("../sql/admin.sql", name = "admin", requires = ["schema"]);
 extension_sql_file!(
     "../sql/views.sql",
     name = "views",
-    requires = ["schema", append_state, in_flight_appends, lock_kinds]
+    requires = [
+        "schema",
+        append_state,
+        in_flight_appends,
+        lock_kinds,
+        application_name_of
+    ]
 );
 extension_sql_file!("../sql/adopt.sql", name = "adopt", requires = ["schema"]);
 extension_sql_file!("../sql/privileges.sql", name = "privileges", finalize);
@@ -60,6 +67,7 @@ pub extern "C-unwind" fn _PG_init() {
     // SAFETY: read while the library is loaded.
     if unsafe { pg_sys::process_shared_preload_libraries_in_progress } {
         shared::register_settings();
+        worker::register_settings();
         shared::install_hooks();
     }
 }

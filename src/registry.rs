@@ -8,8 +8,9 @@
 
 use crate::error::{reword_wait, Error, Result};
 use crate::statements::{self, Snapshot};
+use crate::subtransaction;
 use pgrx::pg_sys::{self, Oid};
-use pgrx::{IntoDatum, PgSqlErrorCode, PgTryBuilder};
+use pgrx::{FromDatum, IntoDatum, PgSqlErrorCode};
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 
@@ -50,8 +51,9 @@ thread_local! {
     /// statement. Emptied when a change of mode or restriction commits anywhere (it sends an
     /// invalidation of the registry, which every backend takes in at its next transaction
     /// start) and when a transaction or subtransaction of this backend aborts (a row it
-    /// registered then is gone). The horizon published for standbys may be stale in it: the
-    /// one use of it, by serialized writers, corrects it.
+    /// registered then is gone) or is prepared (it may yet be rolled back). The horizon
+    /// published for standbys may be stale in it: the one use of it, by serialized writers,
+    /// corrects it.
     static CACHE: RefCell<HashMap<String, Application>> = RefCell::new(HashMap::new());
     /// The registry table's oid when the cache was filled, to recognize its invalidations.
     static CACHED_REGISTRY: Cell<Oid> = const { Cell::new(Oid::INVALID) };
@@ -88,7 +90,11 @@ unsafe extern "C-unwind" fn on_transaction_end(
     event: pg_sys::XactEvent::Type,
     _argument: *mut std::ffi::c_void,
 ) {
-    if event == pg_sys::XactEvent::XACT_EVENT_ABORT {
+    // A prepared transaction may still be rolled back (ROLLBACK PREPARED, from any
+    // session): a name it registered is not known to be registered.
+    if event == pg_sys::XactEvent::XACT_EVENT_ABORT
+        || event == pg_sys::XactEvent::XACT_EVENT_PREPARE
+    {
         forget_all();
     }
 }
@@ -196,87 +202,95 @@ pub fn names(ids: Vec<i32>, snapshot: Snapshot) -> Result<HashMap<i32, String>> 
 /// state, so a name registered after the caller's snapshot is found, not registered twice; a
 /// registration still in progress elsewhere is waited for.
 pub fn register(name: &str) -> Result<Application> {
-    if let Some(application) = find_latest(name)? {
-        return Ok(application);
+    loop {
+        if let Some(application) = find_latest(name)? {
+            return Ok(application);
+        }
+        // A first use of the name by a transaction that has not committed yet is waited for
+        // (one name, one id); a wait cut by lock_timeout or statement_timeout says so.
+        let describe =
+            || format!("the registration of application \"{name}\" by another transaction");
+        if reword_wait(describe, || insert(name))? {
+            return registered(name);
+        }
     }
-    // A first use of the name by a transaction that has not committed yet is waited for (one
-    // name, one id); a wait cut by lock_timeout or statement_timeout says so.
-    let describe = || format!("the registration of application \"{name}\" by another transaction");
-    reword_wait(describe, || {
-        statements::execute(
-            &statements::REGISTER_APPLICATION,
-            &[name.into_datum()],
-            Snapshot::Latest,
-            |_| (),
-        )
-    })?;
-    find_latest(name)?
-        .ok_or_else(|| Error::Internal(format!("application \"{name}\" was not registered")))
 }
 
 /// Like [`register`], but when another transaction is registering the name at this moment
 /// (its first use, not committed yet), returns None at once instead of waiting for it.
 pub fn register_unless_busy(name: &str) -> Result<Option<Application>> {
-    if let Some(application) = find_latest(name)? {
-        return Ok(Some(application));
+    loop {
+        if let Some(application) = find_latest(name)? {
+            return Ok(Some(application));
+        }
+        match subtransaction::attempt(
+            Some(c"1"),
+            &[PgSqlErrorCode::ERRCODE_LOCK_NOT_AVAILABLE],
+            || insert(name),
+        )? {
+            Err(_) => return Ok(None),
+            Ok(true) => return registered(name).map(Some),
+            Ok(false) => {}
+        }
     }
-    let inserted = without_waiting(|| {
-        statements::execute(
-            &statements::REGISTER_APPLICATION,
-            &[name.into_datum()],
-            Snapshot::Latest,
-            |_| (),
-        )
-        .map(|_| ())
-    })?;
-    if inserted.is_none() {
-        return Ok(None);
-    }
-    find_latest(name)
 }
 
-/// Runs `body` in a subtransaction with lock waits cut at once; None when it would have had to
-/// wait for a lock (the subtransaction is rolled back, the caller's transaction goes on). Any
-/// other error rolls the subtransaction back too and is raised again.
-fn without_waiting<T>(body: impl FnOnce() -> Result<T>) -> Result<Option<T>> {
-    // SAFETY: the subtransaction pattern of PL/pgSQL's exception blocks: the memory context
-    // and resource owner are restored whatever happens, and the subtransaction is released
-    // or rolled back before returning or raising. The lock_timeout set inside it is a saved
-    // value, restored when the subtransaction ends.
+/// Inserts the registry row of `name` in a subtransaction; false when the registration
+/// another transaction committed while this one waited for it conflicts with this
+/// transaction's snapshot (REPEATABLE READ, SERIALIZABLE): the caller looks it up again,
+/// with a newer snapshot, instead of failing with a serialization error.
+fn insert(name: &str) -> Result<bool> {
+    let inserted = subtransaction::attempt(
+        None,
+        &[PgSqlErrorCode::ERRCODE_T_R_SERIALIZATION_FAILURE],
+        || {
+            statements::execute(
+                &statements::REGISTER_APPLICATION,
+                &[name.into_datum()],
+                Snapshot::Latest,
+                |_| (),
+            )
+        },
+    )?;
+    Ok(inserted.is_ok())
+}
+
+fn registered(name: &str) -> Result<Application> {
+    find_latest(name)?
+        .ok_or_else(|| Error::Internal(format!("application \"{name}\" was not registered")))
+}
+
+/// The name of registry id `id`, also when the transaction registering it has not committed
+/// yet (a dirty read of the registry: the operator views name the locks such a transaction
+/// holds). None when no such row exists or its registration was rolled back.
+pub fn name_including_uncommitted(id: i32) -> Result<Option<String>> {
+    let registry = crate::access::registry_relation()?;
+    let index = crate::access::registry_key_index()?;
+    // SAFETY: an index scan of the registry in the caller's transaction, with the lock a
+    // reader takes; the tuple is read before the scan ends, and the relation is closed.
     unsafe {
-        let context = pg_sys::CurrentMemoryContext;
-        let owner = pg_sys::CurrentResourceOwner;
-        let leave = |commit: bool| {
-            if commit {
-                pg_sys::ReleaseCurrentSubTransaction();
-            } else {
-                pg_sys::RollbackAndReleaseCurrentSubTransaction();
-            }
-            pg_sys::MemoryContextSwitchTo(context);
-            pg_sys::CurrentResourceOwner = owner;
+        let relation = pg_sys::table_open(registry, pg_sys::AccessShareLock as i32);
+        let mut snapshot: pg_sys::SnapshotData = std::mem::zeroed();
+        snapshot.snapshot_type = pg_sys::SnapshotType::SNAPSHOT_DIRTY;
+        let mut key: pg_sys::ScanKeyData = std::mem::zeroed();
+        pg_sys::ScanKeyInit(
+            &mut key,
+            1, // application_id
+            pg_sys::BTEqualStrategyNumber as u16,
+            pg_sys::RegProcedure::from(pg_sys::F_INT4EQ),
+            pg_sys::Datum::from(id),
+        );
+        let scan = pg_sys::systable_beginscan(relation, index, true, &mut snapshot, 1, &mut key);
+        let tuple = pg_sys::systable_getnext(scan);
+        let name = if tuple.is_null() {
+            None
+        } else {
+            let mut is_null = false;
+            let datum = pg_sys::SPI_getbinval(tuple, (*relation).rd_att, 2, &mut is_null);
+            String::from_datum(datum, is_null)
         };
-        pg_sys::BeginInternalSubTransaction(std::ptr::null());
-        pg_sys::MemoryContextSwitchTo(context);
-        let outcome = PgTryBuilder::new(std::panic::AssertUnwindSafe(|| {
-            pg_sys::set_config_option(
-                c"lock_timeout".as_ptr(),
-                c"1".as_ptr(),
-                pg_sys::GucContext::PGC_USERSET,
-                pg_sys::GucSource::PGC_S_SESSION,
-                pg_sys::GucAction::GUC_ACTION_SAVE,
-                true,
-                0,
-                false,
-            );
-            Some(body())
-        }))
-        .catch_when(PgSqlErrorCode::ERRCODE_LOCK_NOT_AVAILABLE, |_| None)
-        .catch_others(|caught| {
-            leave(false);
-            caught.rethrow()
-        })
-        .execute();
-        leave(matches!(outcome, Some(Ok(_))));
-        outcome.transpose()
+        pg_sys::systable_endscan(scan);
+        pg_sys::table_close(relation, pg_sys::AccessShareLock as i32);
+        Ok(name)
     }
 }
