@@ -142,6 +142,23 @@ pub fn registry_relation() -> Result<Oid> {
     relation(c"application_registry")
 }
 
+/// The registry's primary key index (on application_id).
+pub fn registry_key_index() -> Result<Oid> {
+    relation(c"application_registry_pkey")
+}
+
+/// Whether the calling role may SELECT from relation `name` of schema biomero.
+pub fn may_select(name: &std::ffi::CStr) -> bool {
+    let Ok(relation) = relation(name) else {
+        return false;
+    };
+    // SAFETY: an ACL lookup for the current user.
+    unsafe {
+        pg_sys::pg_class_aclcheck(relation, pg_sys::GetUserId(), pg_sys::ACL_SELECT as _)
+            == pg_sys::AclResult::ACLCHECK_OK
+    }
+}
+
 fn relation(name: &std::ffi::CStr) -> Result<Oid> {
     // SAFETY: syscache lookups.
     unsafe {

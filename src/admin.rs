@@ -46,17 +46,31 @@ fn set_append_mode(
             return Ok(registered.mode.as_str().to_string());
         };
         locks::append(application, registered.id)?;
-        let entry = shared.find_or_create(access::events_relation()?, registered.id)?;
+        let relation = access::events_relation()?;
+        let entry = match mode {
+            Mode::Concurrent => shared.find_or_create(relation, registered.id)?,
+            Mode::Serialized => match shared.find(relation, registered.id) {
+                Some(entry) => entry,
+                // No append state since the server started: nothing is in flight, so there
+                // is nothing to switch in shared memory either.
+                None => {
+                    set_mode(registered.id, mode, None)?;
+                    return Ok(registered.mode.as_str().to_string());
+                }
+            },
+        };
         ids::ready(application, &registered, &entry)?;
         let previous = entry.mode();
-        // Above everything committed; the counter never goes back, so ids taken in an earlier
-        // concurrent period are not reused either.
+        // Ids handed out from the commit on are above everything committed; they never go
+        // back, so ids taken in an earlier concurrent period are not reused either.
         let head = ids::head(application)?.unwrap_or(0);
-        let next = head
-            .checked_add(1)
+        head.checked_add(1)
             .ok_or_else(|| Error::IdsExhausted(application.to_string()))?;
-        set_mode(registered.id, mode, Some(head))?;
-        shared::switch_at_commit(&entry, mode, next)?;
+        // What standbys may read from the commit on: everything committed below every id
+        // still in flight (ids of concurrent appends that began before may still commit).
+        let horizon = entry.horizon().map_or(head, |horizon| horizon.min(head));
+        set_mode(registered.id, mode, Some(horizon))?;
+        shared::switch_at_commit(&entry, mode, head)?;
         worker::ensure_running()?;
         Ok(previous.as_str().to_string())
     })?)
@@ -111,16 +125,22 @@ fn lock_for_import(application_name: Option<&str>) -> Result<i64, ErrorReport> {
         let registered = registry::register(application)?;
         locks::append(application, registered.id)?;
         let entry = shared::entry_of(registered.id)?;
-        let concurrent = match &entry {
-            Some(entry) => {
-                ids::ready(application, &registered, entry)?;
-                entry.mode() == Mode::Concurrent || entry.in_flight()
-            }
-            None => registered.mode == Mode::Concurrent,
-        };
+        // The registry row is this transaction's latest: a switch made earlier in the same
+        // transaction counts, though it takes effect only at the commit.
+        let concurrent = registered.mode == Mode::Concurrent
+            || match &entry {
+                Some(entry) => {
+                    ids::ready(application, &registered, entry)?;
+                    entry.mode() == Mode::Concurrent
+                        || entry.in_flight()
+                        || shared::switching_here(entry)
+                }
+                None => false,
+            };
         if concurrent {
             return Err(Error::NotInPrerequisiteState(format!(
-                "application \"{application}\" is in concurrent append mode: run \
+                "application \"{application}\" is in concurrent append mode, or switches \
+                 to it or from it in this transaction: commit \
                  biomero.set_append_mode('{application}', 'serialized') before importing"
             )));
         }

@@ -46,6 +46,10 @@ pub enum Error {
         role: String,
     },
 
+    /// The caller lacks a privilege a function needs.
+    #[error("{0}")]
+    PermissionDenied(String),
+
     /// No notification id is left for an application.
     #[error(
         "application \"{0}\" has no notification ids left: the next would exceed 9223372036854775807"
@@ -86,7 +90,9 @@ impl Error {
             Error::SerializationFailure(_) => PgSqlErrorCode::ERRCODE_T_R_SERIALIZATION_FAILURE,
             Error::LockTimeout(_) => PgSqlErrorCode::ERRCODE_LOCK_NOT_AVAILABLE,
             Error::Canceled(_) => PgSqlErrorCode::ERRCODE_QUERY_CANCELED,
-            Error::Restricted { .. } => PgSqlErrorCode::ERRCODE_INSUFFICIENT_PRIVILEGE,
+            Error::Restricted { .. } | Error::PermissionDenied(_) => {
+                PgSqlErrorCode::ERRCODE_INSUFFICIENT_PRIVILEGE
+            }
             Error::IdsExhausted(_) => PgSqlErrorCode::ERRCODE_NUMERIC_VALUE_OUT_OF_RANGE,
             Error::NotInPrerequisiteState(_) | Error::UpdateRequired(_) => {
                 PgSqlErrorCode::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE

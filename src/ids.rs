@@ -6,19 +6,19 @@
 //!   hands its ids to the next writer, so ids are gapless. The max() is one descent of the
 //!   primary-key index, read with the latest snapshot after the lock, so it sees the previous
 //!   holder's commit at every isolation level.
-//! * **concurrent**: ids from the application's counter in shared memory; writers never wait
+//! * **concurrent**: ids handed out from shared memory; writers never wait
 //!   for each other, ids may have holes (rolled-back appends), and readers are held to the
 //!   horizon (`shared.rs`).
 //!
 //! Switching modes is safe under load: a serialized writer waits (with the lock) until every
-//! transaction still holding concurrent ids has ended, and switching to concurrent starts the
-//! counter above everything committed.
+//! transaction still holding concurrent ids has ended, and switching to concurrent hands out
+//! ids above everything committed (this transaction's own serialized appends included).
 
 use crate::access;
 use crate::error::{Error, Result};
 use crate::locks;
 use crate::registry::{self, Application, Mode};
-use crate::shared::{self, EntryRef, Registration};
+use crate::shared::{self, Enlisted, EntryRef};
 use crate::statements::{self, Snapshot};
 use crate::worker;
 use pgrx::pg_sys;
@@ -48,23 +48,28 @@ pub fn reserve(name: &str, application: &Application, count: i64) -> Result<Rese
     };
     if let Some(entry) = &entry {
         ready(name, application, entry)?;
-        if (entry.mode() == Mode::Concurrent || entry.held_here()?)
-            && matches!(entry.register()?, Registration::Concurrent)
-        {
-            return concurrent(name, entry, count);
+        if entry.mode() == Mode::Concurrent || entry.held_here()? {
+            if let Enlisted::Concurrent = entry.enlist()? {
+                return concurrent(name, entry, count);
+            }
         }
     }
     locks::append(name, application.id)?;
     // Looked up again under the lock: a switch to concurrent may have committed meanwhile.
-    if let Some(entry) = shared.find(relation, application.id) {
-        ready(name, application, &entry)?;
-        if entry.mode() == Mode::Concurrent && matches!(entry.register()?, Registration::Concurrent)
-        {
+    let Some(entry) = shared.find(relation, application.id) else {
+        return after_head(name, application, count);
+    };
+    ready(name, application, &entry)?;
+    if entry.mode() == Mode::Concurrent {
+        if let Enlisted::Concurrent = entry.enlist()? {
             return concurrent(name, &entry, count);
         }
-        wait_until_settled(&entry);
     }
-    after_head(name, application, count)
+    wait_until_settled(&entry);
+    let reserved = after_head(name, application, count)?;
+    // A switch to concurrent mode by this same transaction hands out ids above these.
+    entry.appended_serialized(reserved.first + (count - 1));
+    Ok(reserved)
 }
 
 fn not_preloaded(name: &str) -> Error {
@@ -86,7 +91,13 @@ pub fn ready(name: &str, application: &Application, entry: &EntryRef) -> Result<
     if !entry.is_ready() {
         let committed = registry::find(name, Snapshot::Latest)?
             .ok_or_else(|| Error::Internal(format!("application \"{name}\" is not registered")))?;
-        entry.initialize(committed.mode, head(name)?.unwrap_or(0).saturating_add(1));
+        // Above everything committed and everything standbys may have read: the horizon
+        // published before a restart can be above the committed ids when the highest ones
+        // were rolled back.
+        let floor = head(name)?
+            .unwrap_or(0)
+            .max(committed.published_horizon.unwrap_or(0));
+        entry.initialize(committed.mode, floor);
     }
     // Held only for the initialization (this hold; one taken before stays): concurrent
     // writers do not keep it to their commit.
@@ -130,8 +141,8 @@ fn after_head(name: &str, application: &Application, count: i64) -> Result<Reser
 /// for on its transaction lock, so deadlocks are detected.
 fn wait_until_settled(entry: &EntryRef) {
     loop {
-        let (holders, registering) = entry.holders();
-        if holders.is_empty() && !registering {
+        let (holders, enlisting) = entry.holders();
+        if holders.is_empty() && !enlisting {
             return;
         }
         for xid in holders {
@@ -146,7 +157,7 @@ fn wait_until_settled(entry: &EntryRef) {
                 )
             };
         }
-        if registering {
+        if enlisting {
             // A writer between counting itself and publishing its slot: a moment.
             // SAFETY: sleeps on this backend's latch, waking for interrupts.
             unsafe {

@@ -148,6 +148,49 @@ fn append_state(
     Ok(TableIterator::once(row))
 }
 
+/// The highest notification id concurrent mode has handed out for `application_name`: once
+/// the horizon reaches it, every append in flight when it was read has ended. NULL when the
+/// application is serialized with nothing in flight, and on a standby. A follower prompted
+/// by a commit waits for it, so that an id committed above one still in flight is not left
+/// for a prompt that may never come.
+#[pg_extern(stable, parallel_safe)]
+#[search_path(pg_catalog, pg_temp)]
+fn last_taken_id(application_name: Option<&str>) -> Result<Option<i64>, ErrorReport> {
+    let application = input::name(application_name, "application_name")?;
+    Ok(statements::connected(|| {
+        let Some(registered) = registry::find(application, Snapshot::Caller)? else {
+            return Ok(None);
+        };
+        if in_recovery() {
+            return Ok(None);
+        }
+        Ok(match shared::entry_of(registered.id)? {
+            Some(entry) if entry.is_ready() => entry.taken(),
+            _ => None,
+        })
+    })?)
+}
+
+/// The name of registry id `application_id`, also while the transaction registering it has
+/// not committed (for `biomero.locks`, which shows the locks such a transaction holds). For
+/// callers that may read the registry or that view; NULL when there is no such id.
+#[pg_extern(stable, parallel_safe)]
+#[search_path(pg_catalog, pg_temp)]
+fn application_name_of(application_id: Option<i32>) -> Result<Option<String>, ErrorReport> {
+    let Some(id) = application_id else {
+        return Ok(None);
+    };
+    if !access::may_select(c"application_registry") && !access::may_select(c"locks") {
+        return Err(Error::PermissionDenied(
+            "permission denied to read application names: SELECT on \
+             biomero.application_registry or biomero.locks is needed"
+                .into(),
+        )
+        .into());
+    }
+    Ok(registry::name_including_uncommitted(id)?)
+}
+
 /// Transactions holding concurrent ids not yet committed, in this database: which application,
 /// which backend, since when, and the lowest id each holds (the horizon is below the lowest).
 // pgrx reads the column names from the signature itself.
@@ -172,7 +215,15 @@ fn in_flight_appends() -> Result<
     let registrations = shared.registrations(access::events_relation()?);
     let rows = statements::connected(|| {
         let ids: Vec<i32> = registrations.iter().map(|row| row.0).collect();
-        let names = registry::names(ids, Snapshot::Caller)?;
+        let mut names = registry::names(ids, Snapshot::Caller)?;
+        // A transaction can append to a name it registered itself and not committed yet.
+        for (id, ..) in &registrations {
+            if !names.contains_key(id) {
+                if let Some(name) = registry::name_including_uncommitted(*id)? {
+                    names.insert(*id, name);
+                }
+            }
+        }
         Ok(registrations
             .iter()
             .map(|(id, pid, started, lowest)| {

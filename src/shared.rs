@@ -2,8 +2,8 @@
 //! `shared_preload_libraries`.
 //!
 //! Per application (keyed by database, the installation's events table and the registry id) an
-//! [`Entry`] holds the live append mode, the next id of concurrent mode, how many transactions
-//! hold ids not yet committed, and the recent commits of such transactions. Per backend a few
+//! [`Entry`] holds the live append mode, the highest id concurrent mode has handed out, how
+//! many transactions hold ids not yet committed, and the recent commits of such transactions. Per backend a few
 //! [`Slot`]s hold, for each application the current transaction appends to concurrently, the
 //! lowest id it took (and its transaction id and start, for the operator view).
 //!
@@ -16,10 +16,10 @@
 //! and no unrelated transaction holds it back.
 //!
 //! Ordering (all atomics SeqCst): a writer assigns its transaction id, counts itself in
-//! `in_flight`, checks the mode, publishes its slot with `lowest` = the counter, then takes ids
-//! from the counter. At commit (after the commit is visible, before its locks are released) it
+//! `in_flight`, checks the mode, publishes its slot with `lowest` = one above `taken`, then
+//! takes ids by raising `taken`. At commit (after the commit is visible, before its locks are released) it
 //! records the commit among the recent ones, then clears its slot and uncounts itself. A
-//! reader reads mode, counter, `in_flight`, the slots and then the recent commits. Any id taken
+//! reader reads mode, `taken`, `in_flight`, the slots and then the recent commits. Any id taken
 //! after the reader's slot scan is above every id the reader's snapshot holds.
 
 use crate::error::{Error, Result};
@@ -46,6 +46,8 @@ const PENDING: usize = 4;
 const FREE: u32 = 0;
 const NEW: u32 = 1;
 const READY: u32 = 2;
+/// Given back: lookups probe past it, a new application may take it.
+const RECLAIMED: u32 = 3;
 
 const SERIALIZED: u32 = 0;
 const CONCURRENT: u32 = 1;
@@ -159,9 +161,14 @@ pub struct Entry {
     application: AtomicI32,
     state: AtomicU32,
     mode: AtomicU32,
-    /// The next id of concurrent mode.
-    counter: AtomicI64,
+    /// The highest id handed out in concurrent mode (or the floor the next one starts above).
+    /// Kept as the last id taken rather than the next one, so that bigint's largest id can
+    /// be handed out too.
+    taken: AtomicI64,
     in_flight: AtomicU32,
+    /// Mode changes committed: the publisher republishes an application whose mode changed,
+    /// whatever it remembers having published.
+    switches: AtomicU32,
     commits_lock: pg_sys::slock_t,
     commits: Commits,
 }
@@ -343,6 +350,20 @@ fn database() -> u32 {
     unsafe { pg_sys::MyDatabaseId }.to_u32()
 }
 
+/// Whether database `oid` exists (pg_database is shared by every database).
+fn database_exists(oid: u32) -> bool {
+    // SAFETY: a syscache lookup inside the caller's transaction.
+    unsafe {
+        pg_sys::SearchSysCacheExists(
+            pg_sys::SysCacheIdentifier::DATABASEOID as i32,
+            pg_sys::Datum::from(oid),
+            pg_sys::Datum::from(0),
+            pg_sys::Datum::from(0),
+            pg_sys::Datum::from(0),
+        )
+    }
+}
+
 impl Shared {
     fn entry(&self, index: usize) -> &'static Entry {
         debug_assert!(index < self.capacity);
@@ -416,6 +437,7 @@ impl Shared {
             let entry = self.entry(index);
             match entry.state.load(SeqCst) {
                 FREE => return None,
+                RECLAIMED => {}
                 _ if entry.database.load(SeqCst) == database()
                     && entry.relation.load(SeqCst) == relation.to_u32()
                     && entry.application.load(SeqCst) == application =>
@@ -431,29 +453,28 @@ impl Shared {
         None
     }
 
-    /// The entry, created (not yet initialized) when missing.
+    /// The entry, created (not yet initialized) when missing. When every entry is taken,
+    /// the entries of dropped databases and of this database's dropped installations are
+    /// given back first.
     pub fn find_or_create(&self, relation: Oid, application: i32) -> Result<EntryRef> {
         if let Some(entry) = self.find(relation, application) {
             return Ok(entry);
         }
-        let _lock = self.lock();
-        if let Some(entry) = self.find(relation, application) {
-            return Ok(entry);
-        }
-        let home = self.home(relation, application);
-        for step in 0..self.capacity {
-            let index = (home + step) % self.capacity;
-            let entry = self.entry(index);
-            if entry.state.load(SeqCst) == FREE {
-                entry.database.store(database(), SeqCst);
-                entry.relation.store(relation.to_u32(), SeqCst);
-                entry.application.store(application, SeqCst);
-                entry.mode.store(SERIALIZED, SeqCst);
-                entry.state.store(NEW, SeqCst);
-                return Ok(EntryRef {
-                    shared: *self,
-                    index,
-                });
+        for reclaimed in [false, true] {
+            if reclaimed {
+                self.reclaim(relation)?;
+            }
+            let _lock = self.lock();
+            if let Some(entry) = self.find(relation, application) {
+                return Ok(entry);
+            }
+            let home = self.home(relation, application);
+            for step in 0..self.capacity {
+                let index = (home + step) % self.capacity;
+                let state = self.entry(index).state.load(SeqCst);
+                if state == FREE || state == RECLAIMED {
+                    return Ok(self.take_entry(index, relation, application));
+                }
             }
         }
         Err(Error::CapacityExceeded(format!(
@@ -461,6 +482,71 @@ impl Shared {
              memory; raise it and restart the server",
             self.capacity
         )))
+    }
+
+    /// Makes the free entry `index` the (new) entry of `application`; under the lock.
+    fn take_entry(&self, index: usize, relation: Oid, application: i32) -> EntryRef {
+        let entry = self.entry_mut(index);
+        // SAFETY: a free or reclaimed entry, which no backend uses: nothing holds its ids, no
+        // lookup matches it, and the lock keeps other creators out. The spinlock guards
+        // `commits`, whose empty state is all zeros (plain integers).
+        unsafe {
+            pg_sys::SpinLockAcquire(&raw mut (*entry).commits_lock);
+            (*entry).commits = std::mem::zeroed();
+            pg_sys::SpinLockRelease(&raw mut (*entry).commits_lock);
+            let entry = &*entry;
+            entry.taken.store(0, SeqCst);
+            entry.in_flight.store(0, SeqCst);
+            entry.switches.store(0, SeqCst);
+            entry.database.store(database(), SeqCst);
+            entry.relation.store(relation.to_u32(), SeqCst);
+            entry.application.store(application, SeqCst);
+            entry.mode.store(SERIALIZED, SeqCst);
+            entry.state.store(NEW, SeqCst);
+        }
+        EntryRef {
+            shared: *self,
+            index,
+        }
+    }
+
+    /// Gives back the entries nobody can use any more: those of databases that no longer
+    /// exist, and those of this database that belong to an installation of the extension
+    /// other than `relation` (the extension was dropped and created again). No transaction
+    /// holds their ids: a dropped database has no sessions, and a dropped installation's
+    /// tables are gone, so its appends cannot commit.
+    fn reclaim(&self, relation: Oid) -> Result<()> {
+        let mut databases: Vec<u32> = (0..self.capacity)
+            .map(|index| self.entry(index))
+            .filter(|entry| matches!(entry.state.load(SeqCst), NEW | READY))
+            .map(|entry| entry.database.load(SeqCst))
+            .filter(|&oid| oid != database())
+            .collect();
+        databases.sort_unstable();
+        databases.dedup();
+        // Catalog lookups, outside the lock.
+        let dropped: Vec<u32> = databases
+            .into_iter()
+            .filter(|&oid| !database_exists(oid))
+            .collect();
+        let _lock = self.lock();
+        for index in 0..self.capacity {
+            let entry = self.entry(index);
+            if !matches!(entry.state.load(SeqCst), NEW | READY) || entry.in_flight.load(SeqCst) > 0
+            {
+                continue;
+            }
+            let owner = entry.database.load(SeqCst);
+            let garbage = if owner == database() {
+                entry.relation.load(SeqCst) != relation.to_u32()
+            } else {
+                dropped.contains(&owner)
+            };
+            if garbage {
+                entry.state.store(RECLAIMED, SeqCst);
+            }
+        }
+        Ok(())
     }
 
     /// Every entry of this database's installation `relation` that is initialized.
@@ -522,9 +608,9 @@ pub struct EntryRef {
     index: usize,
 }
 
-/// What [`EntryRef::register`] found.
-pub enum Registration {
-    /// This transaction holds ids of the application: take more from the counter.
+/// What [`EntryRef::enlist`] found.
+pub enum Enlisted {
+    /// This transaction holds ids of the application: take more.
     Concurrent,
     /// The application is serialized (again): append the serialized way.
     Serialized,
@@ -543,11 +629,12 @@ impl EntryRef {
         self.entry().state.load(SeqCst) == READY
     }
 
-    /// Sets the mode and next id from the committed state. The caller holds the append lock,
-    /// so no serialized append or mode change is in progress, and no concurrent one has begun.
-    pub fn initialize(&self, mode: Mode, next: i64) {
+    /// Sets the mode from the committed state, and ids to be handed out above `floor`. The
+    /// caller holds the append lock, so no serialized append or mode change is in progress,
+    /// and no concurrent one has begun.
+    pub fn initialize(&self, mode: Mode, floor: i64) {
         let entry = self.entry();
-        entry.counter.fetch_max(next, SeqCst);
+        entry.taken.fetch_max(floor, SeqCst);
         entry.mode.store(mode_code(mode), SeqCst);
         entry.state.store(READY, SeqCst);
     }
@@ -557,6 +644,11 @@ impl EntryRef {
             CONCURRENT => Mode::Concurrent,
             _ => Mode::Serialized,
         }
+    }
+
+    /// How many mode changes of the application have committed since its entry was made.
+    pub fn switches(&self) -> u32 {
+        self.entry().switches.load(SeqCst)
     }
 
     fn my_slot(&self) -> Result<Option<&'static Slot>> {
@@ -572,11 +664,11 @@ impl EntryRef {
         Ok(self.my_slot()?.is_some())
     }
 
-    /// Registers the current transaction as holding ids of this application, unless the
-    /// application is serialized; already registered transactions stay concurrent.
-    pub fn register(&self) -> Result<Registration> {
+    /// Enlists the current transaction among the holders of this application's ids, unless
+    /// the application is serialized; a transaction already enlisted stays concurrent.
+    pub fn enlist(&self) -> Result<Enlisted> {
         if self.held_here()? {
-            return Ok(Registration::Concurrent);
+            return Ok(Enlisted::Concurrent);
         }
         let entry = self.entry();
         let Some(slot) = self
@@ -600,32 +692,37 @@ impl EntryRef {
         entry.in_flight.fetch_add(1, SeqCst);
         if entry.mode.load(SeqCst) != CONCURRENT {
             entry.in_flight.fetch_sub(1, SeqCst);
-            return Ok(Registration::Serialized);
+            return Ok(Enlisted::Serialized);
         }
         slot.xid.store(xid, SeqCst);
         slot.started.store(started, SeqCst);
         // SAFETY: MyProcPid is set at backend start.
         slot.pid.store(unsafe { pg_sys::MyProcPid }, SeqCst);
-        slot.lowest.store(entry.counter.load(SeqCst), SeqCst);
+        // Every id this transaction takes is above what is taken now. (When bigint's largest
+        // id is taken, none can be, and the lower bound errs low.)
+        slot.lowest
+            .store(entry.taken.load(SeqCst).saturating_add(1), SeqCst);
         slot.entry.store(self.index as i32, SeqCst);
-        Ok(Registration::Concurrent)
+        Ok(Enlisted::Concurrent)
     }
 
-    /// Takes `count` consecutive ids from the counter; None when they would exceed bigint.
+    /// Takes `count` consecutive ids; the first of them, or None when they would exceed
+    /// bigint.
     pub fn take(&self, count: i64) -> Option<i64> {
-        let counter = &self.entry().counter;
-        let mut first = counter.load(SeqCst);
+        let taken = &self.entry().taken;
+        let mut last_taken = taken.load(SeqCst);
         loop {
-            let next = first.checked_add(count)?;
-            match counter.compare_exchange(first, next, SeqCst, SeqCst) {
+            let first = last_taken.checked_add(1)?;
+            let last = first.checked_add(count - 1)?;
+            match taken.compare_exchange(last_taken, last, SeqCst, SeqCst) {
                 Ok(_) => return Some(first),
-                Err(current) => first = current,
+                Err(current) => last_taken = current,
             }
         }
     }
 
     /// Transaction ids of the transactions holding ids of this application, and whether some
-    /// are still registering (counted but no slot published yet).
+    /// are still enlisting (counted but no slot published yet).
     pub fn holders(&self) -> (Vec<u64>, bool) {
         let entry = self.entry();
         let counted = entry.in_flight.load(SeqCst);
@@ -636,19 +733,20 @@ impl EntryRef {
             .filter(|slot| slot.entry.load(SeqCst) == self.index as i32)
             .map(|slot| slot.xid.load(SeqCst))
             .collect();
-        let registering = counted as usize > xids.len();
-        (xids, registering)
+        let enlisting = counted as usize > xids.len();
+        (xids, enlisting)
     }
 
     pub fn in_flight(&self) -> bool {
         self.entry().in_flight.load(SeqCst) > 0
     }
 
-    /// The lowest id still in flight and, in concurrent mode, the next id: the horizon is one
-    /// below. None when nothing bounds reading (serialized, nothing in flight).
-    fn unsettled_from(&self) -> Option<i64> {
+    /// The horizon now: the highest id below every id in flight and, in concurrent mode, at
+    /// most the highest id handed out. None when nothing bounds reading (serialized, nothing
+    /// in flight).
+    pub fn horizon(&self) -> Option<i64> {
         let entry = self.entry();
-        let mut from = (entry.mode.load(SeqCst) == CONCURRENT).then(|| entry.counter.load(SeqCst));
+        let mut horizon = (entry.mode.load(SeqCst) == CONCURRENT).then(|| entry.taken.load(SeqCst));
         if entry.in_flight.load(SeqCst) > 0 {
             for slot in self.shared.slots() {
                 if slot.entry.load(SeqCst) != self.index as i32 {
@@ -656,22 +754,26 @@ impl EntryRef {
                 }
                 let lowest = slot.lowest.load(SeqCst);
                 if slot.entry.load(SeqCst) == self.index as i32 {
-                    from = Some(from.map_or(lowest, |from| from.min(lowest)));
+                    horizon = Some(lower_to(horizon, lowest - 1));
                 }
             }
         }
-        from
+        horizon
     }
 
-    /// The horizon now: the highest id below every id in flight (None: nothing bounds it).
-    pub fn horizon(&self) -> Option<i64> {
-        self.unsettled_from().map(|from| from - 1)
+    /// The highest id handed out in concurrent mode: where the horizon gets to once every
+    /// append in flight now has ended. None when the application is serialized and nothing
+    /// is in flight.
+    pub fn taken(&self) -> Option<i64> {
+        let entry = self.entry();
+        (entry.mode.load(SeqCst) == CONCURRENT || entry.in_flight.load(SeqCst) > 0)
+            .then(|| entry.taken.load(SeqCst))
     }
 
     /// The highest id a reader with `snapshot` may return (None: no bound): the horizon,
     /// lowered below every id of a commit that `snapshot` does not see.
     pub fn readable_bound(&self, snapshot: pg_sys::Snapshot) -> Option<i64> {
-        let mut from = self.unsettled_from();
+        let mut bound = self.horizon();
         let commits = {
             let entry = self.shared.entry_mut(self.index);
             // SAFETY: the spinlock guards `commits`; the copy is a plain memcpy.
@@ -682,11 +784,10 @@ impl EntryRef {
                 copy
             }
         };
-        let mut lower = |lowest: i64| from = Some(from.map_or(lowest, |from| from.min(lowest)));
         let view = SnapshotView::new(snapshot);
         for commit in &commits.recent[..commits.recent_len as usize] {
             if view.sees_running(commit.xid) {
-                lower(commit.lowest);
+                bound = Some(lower_to(bound, commit.lowest - 1));
             }
         }
         let summaries = commits.summaries[..commits.summaries_len as usize]
@@ -694,11 +795,30 @@ impl EntryRef {
             .chain([&commits.folding, &commits.ancient]);
         for summary in summaries {
             if summary.count > 0 && view.may_see_running(summary) {
-                lower(summary.min_lowest);
+                bound = Some(lower_to(bound, summary.min_lowest - 1));
             }
         }
-        from.map(|from| from - 1)
+        bound
     }
+
+    /// A serialized append of the current transaction used ids up to `last`: if the
+    /// transaction also switches the application to concurrent mode, the ids handed out
+    /// after its commit start above them.
+    pub fn appended_serialized(&self, last: i64) {
+        let mut pending = PENDING_CHANGES.with(Cell::get);
+        for change in pending
+            .iter_mut()
+            .filter(|change| change.entry == self.index as i32)
+        {
+            change.floor = change.floor.max(last);
+        }
+        PENDING_CHANGES.with(|cell| cell.set(pending));
+    }
+}
+
+/// `bound` lowered to `to` (an unbounded `bound` becomes `to`).
+fn lower_to(bound: Option<i64>, to: i64) -> i64 {
+    bound.map_or(to, |bound| bound.min(to))
 }
 
 fn mode_code(mode: Mode) -> u32 {
@@ -754,7 +874,8 @@ impl SnapshotView {
 struct Pending {
     entry: i32,
     mode: u32,
-    next: i64,
+    /// Ids handed out after the change are above it.
+    floor: i64,
     /// The (sub)transaction nesting level that asked for it: it goes if that one aborts.
     level: i32,
 }
@@ -762,7 +883,7 @@ struct Pending {
 const NO_CHANGE: Pending = Pending {
     entry: -1,
     mode: 0,
-    next: 0,
+    floor: 0,
     level: 0,
 };
 
@@ -771,9 +892,9 @@ thread_local! {
     static PENDING_CHANGES: Cell<[Pending; PENDING]> = const { Cell::new([NO_CHANGE; PENDING]) };
 }
 
-/// Makes `entry` switch to `mode` when the current transaction commits, with the counter at
-/// least `next`. The caller holds the append lock until then.
-pub fn switch_at_commit(entry: &EntryRef, mode: Mode, next: i64) -> Result<()> {
+/// Makes `entry` switch to `mode` when the current transaction commits, with ids handed out
+/// from then on above `floor`. The caller holds the append lock until then.
+pub fn switch_at_commit(entry: &EntryRef, mode: Mode, floor: i64) -> Result<()> {
     let mut pending = PENDING_CHANGES.with(Cell::get);
     let at = pending
         .iter()
@@ -783,10 +904,14 @@ pub fn switch_at_commit(entry: &EntryRef, mode: Mode, next: i64) -> Result<()> {
                 "a transaction can change the append mode of at most {PENDING} applications"
             ))
         })?;
+    let floor = match pending[at] {
+        change if change.entry == entry.index as i32 => floor.max(change.floor),
+        _ => floor,
+    };
     pending[at] = Pending {
         entry: entry.index as i32,
         mode: mode_code(mode),
-        next,
+        floor,
         // SAFETY: reads the transaction state.
         level: unsafe { pg_sys::GetCurrentTransactionNestLevel() },
     };
@@ -794,19 +919,12 @@ pub fn switch_at_commit(entry: &EntryRef, mode: Mode, next: i64) -> Result<()> {
     Ok(())
 }
 
-/// Wakes the horizon publisher of this database, if it runs.
-pub fn wake_publisher(shared: &Shared) {
-    let database = database();
-    for publisher in shared.publishers() {
-        if publisher.database.load(SeqCst) == database {
-            let latch = publisher.latch.load(SeqCst);
-            if latch != 0 {
-                // SAFETY: the latch of a PGPROC in shared memory; setting a latch its owner no
-                // longer waits on is harmless.
-                unsafe { pg_sys::SetLatch(latch as *mut pg_sys::Latch) };
-            }
-        }
-    }
+/// Whether the current transaction changes the append mode of `entry` at its commit.
+pub fn switching_here(entry: &EntryRef) -> bool {
+    PENDING_CHANGES
+        .with(Cell::get)
+        .iter()
+        .any(|change| change.entry == entry.index as i32)
 }
 
 /// At the end of every transaction: a committed transaction's concurrent appends become
@@ -908,12 +1026,13 @@ fn finish(shared: &Shared, committed: bool) {
     if committed {
         for change in pending.iter().filter(|change| change.entry >= 0) {
             let entry = shared.entry(change.entry as usize);
-            entry.counter.fetch_max(change.next, SeqCst);
+            entry.taken.fetch_max(change.floor, SeqCst);
             entry.mode.store(change.mode, SeqCst);
+            entry.switches.fetch_add(1, SeqCst);
             touched = true;
         }
     }
     if touched {
-        wake_publisher(shared);
+        crate::worker::wake_or_start(shared);
     }
 }

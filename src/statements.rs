@@ -98,6 +98,19 @@ pub const PUBLISH_HORIZON: Statement = Statement {
     parameters: &[INT4OID, INT8OID],
 };
 
+/// An application's name, mode and published horizon, its row locked for the horizon
+/// publisher; no row when another transaction holds it (a mode change in progress), so that
+/// the publisher goes on with the other applications.
+pub const PUBLISHED_HORIZON: Statement = Statement {
+    name: "published_horizon",
+    text: "
+        SELECT application_name, append_mode, published_horizon
+        FROM biomero.application_registry
+        WHERE application_id = $1
+        FOR UPDATE SKIP LOCKED",
+    parameters: &[INT4OID],
+};
+
 /// The highest stored notification id of an application: one descent of the primary key.
 pub const HEAD: Statement = Statement {
     name: "head",

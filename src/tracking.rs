@@ -219,8 +219,14 @@ fn reset_position(
         0,
         "notification_id",
     )?;
+    let caller = access::caller();
     let _owner = access::as_owner("biomero.reset_position")?;
     Ok(statements::connected(|| {
+        // A restricted follower's position is moved by members of its role only, as it is
+        // recorded by them only.
+        if let Some(registered) = registry::find_latest(follower)? {
+            caller.authorize(&registered, follower, Action::RecordPosition)?;
+        }
         let previous = take_claim(follower, upstream, true)?.filter(|&position| position > 0);
         let arguments = [follower.into_datum(), upstream.into_datum()];
         if notification_id == 0 {
