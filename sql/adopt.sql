@@ -110,6 +110,11 @@ DECLARE
     present bigint;
     conflicting bigint;
     passed bigint;
+    with_null bigint;
+    below_one bigint;
+    negative_version bigint;
+    empty_topic bigint;
+    duplicate_id bigint;
     source_upstream text;
 BEGIN
     PERFORM biomero.check_name(target, 'application_name');
@@ -147,12 +152,21 @@ BEGIN
     head := biomero.lock_for_import(target);
     EXECUTE format('LOCK TABLE %s IN SHARE MODE', events_table);
 
-    -- Every source event must be absent or identical at its own id, and an absent one must
-    -- carry an aggregate version the application does not have (at another id, or twice in
-    -- the source) and land above every id the application has committed, or a reader may
-    -- already have passed it.
+    -- Every source row must be an event as the libraries store it (no NULL, an id above 0
+    -- used once, a version of at least 0, a topic), so that the import takes all of them or
+    -- refuses. Every source event must be absent or identical at its own id, and an absent
+    -- one must carry an aggregate version the application does not have (at another id, or
+    -- twice in the source) and land above every id the application has committed, or a
+    -- reader may already have passed it.
     EXECUTE format(
         'SELECT count(*),
+                count(*) FILTER (WHERE s.id IS NULL OR s.originator_id IS NULL
+                                    OR s.originator_version IS NULL OR s.topic IS NULL
+                                    OR s.state IS NULL),
+                count(*) FILTER (WHERE s.id < 1),
+                count(*) FILTER (WHERE s.originator_version < 0),
+                count(*) FILTER (WHERE s.topic = ''''),
+                count(s.id) - count(DISTINCT s.id),
                 count(*) FILTER (WHERE e.notification_id IS NOT NULL AND e.same),
                 count(*) FILTER (WHERE (e.notification_id IS NOT NULL AND NOT e.same)
                                     OR (e.notification_id IS NULL AND (s.taken OR s.copies > 1))),
@@ -173,7 +187,18 @@ BEGIN
              WHERE e.application_name = $1 AND e.notification_id = s.id) AS e ON true',
         events_table, source_id)
     USING target, head
-    INTO source_rows, present, conflicting, passed;
+    INTO source_rows, with_null, below_one, negative_version, empty_topic, duplicate_id,
+         present, conflicting, passed;
+    IF with_null + below_one + negative_version + empty_topic + duplicate_id > 0 THEN
+        RAISE EXCEPTION USING ERRCODE = 'invalid_parameter_value',
+            MESSAGE = format('%s holds rows that are not events as eventsourcing stores them',
+                             events_table),
+            DETAIL = format('Of its %s rows: %s with a NULL column, %s with a notification id '
+                            'below 1, %s with a negative version, %s with an empty topic, %s '
+                            'repeating the notification id of another row.', source_rows,
+                            with_null, below_one, negative_version, empty_topic, duplicate_id),
+            HINT = 'Nothing was imported: correct or remove those rows, then import again.';
+    END IF;
     IF conflicting > 0 THEN
         RAISE EXCEPTION USING ERRCODE = 'integrity_constraint_violation',
             MESSAGE = format('%s of the %s events in %s conflict with events application %L '
@@ -214,6 +239,19 @@ BEGIN
                 DETAIL = format('Missing or of another type: %s.', wrong);
         END IF;
         EXECUTE format('LOCK TABLE %s IN SHARE MODE', tracking_table);
+        EXECUTE format(
+            'SELECT count(*) FILTER (WHERE s.application_name IS NULL
+                                        OR s.notification_id IS NULL)
+             FROM ONLY %1$s AS s', tracking_table)
+        INTO with_null;
+        IF with_null > 0 THEN
+            RAISE EXCEPTION USING ERRCODE = 'invalid_parameter_value',
+                MESSAGE = format('%s holds rows that are not positions as eventsourcing '
+                                 'stores them', tracking_table),
+                DETAIL = format('%s rows have a NULL application_name or notification_id.',
+                                with_null),
+                HINT = 'Nothing was imported: correct or remove those rows, then import again.';
+        END IF;
         -- eventsourcing 9.4 and later also keep a '__migration__' row: not an upstream.
         -- Every other upstream's name must be one the extension takes: refused, not skipped.
         FOR source_upstream IN EXECUTE format(

@@ -46,12 +46,17 @@ FROM biomero.in_flight_appends() AS f;
 
 -- The extension's locks held or awaited in this database, by name: who holds an
 -- application's append lock (in serialized mode a transaction left open holds up every writer
--- of it) or a follower's claim. End a stuck holder with pg_terminate_backend(pid).
+-- of it) or a follower's claim. End a stuck holder with pg_terminate_backend(pid). A name
+-- whose first use has not committed yet is named too (biomero.application_name_of).
 CREATE VIEW biomero.locks AS
 SELECT l.pid,
        k.kind,
-       a.application_name,
-       u.application_name AS upstream_application_name,
+       coalesce(a.application_name,
+                biomero.application_name_of(l.classid::bigint::integer)) AS application_name,
+       CASE WHEN k.kind = 'claim'
+            THEN coalesce(u.application_name,
+                          biomero.application_name_of(l.objid::bigint::integer))
+       END AS upstream_application_name,
        l.granted,
        l.waitstart
 FROM pg_catalog.pg_locks AS l

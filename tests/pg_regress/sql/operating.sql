@@ -47,6 +47,16 @@ SELECT biomero.restrict_application('Operated', 'regress_trackers');
 SET ROLE regress_outsider;
 SELECT biomero.record_event('Operated', gen_random_uuid(), 0, 't', '');
 RESET ROLE;
+-- An administrator's reset of a restricted follower's position is for members too.
+SELECT biomero.record_tracking('OperatedFollower', 'Operated', 2);
+SELECT biomero.restrict_application('OperatedFollower', 'regress_trackers');
+GRANT EXECUTE ON FUNCTION biomero.reset_position TO regress_outsider;
+SET ROLE regress_outsider;
+SELECT biomero.reset_position('OperatedFollower', 'Operated', 1);
+RESET ROLE;
+SELECT biomero.max_tracking_id('OperatedFollower', 'Operated');
+SELECT biomero.reset_position('OperatedFollower', 'Operated', 1);
+SELECT biomero.restrict_application('OperatedFollower', NULL);
 SELECT biomero.restrict_application('Operated', NULL);
 DROP OWNED BY regress_outsider;
 DROP ROLE regress_outsider;
@@ -72,7 +82,24 @@ SELECT biomero.max_tracking_id('Legacy', 'LegacyUpstream');
 INSERT INTO legacy_tracking VALUES (repeat('x', 256), 4);
 SELECT * FROM biomero.import_eventsourcing('Legacy2', 'legacy_events', 'legacy_tracking');
 SELECT count(*) AS imported FROM biomero.events WHERE application_name = 'Legacy2';
-DROP TABLE legacy_events, legacy_tracking;
+DELETE FROM legacy_tracking WHERE notification_id = 4;
+-- Rows the libraries never store are refused (22023), all or nothing: a NULL id, an id used
+-- twice, an empty topic; and a tracking row without a position.
+CREATE TABLE malformed_events (notification_id bigint, originator_id uuid,
+                               originator_version bigint, topic text, state bytea);
+INSERT INTO malformed_events VALUES
+    (1, 'a3c4e1f0-0000-4000-8000-000000000002', 0, 'legacy:Created', ''),
+    (NULL, 'a3c4e1f0-0000-4000-8000-000000000002', 1, 'legacy:Updated', ''),
+    (2, 'a3c4e1f0-0000-4000-8000-000000000003', 0, 'legacy:Created', ''),
+    (2, 'a3c4e1f0-0000-4000-8000-000000000004', 0, '', '');
+SELECT * FROM biomero.import_eventsourcing('Malformed', 'malformed_events');
+DELETE FROM malformed_events WHERE notification_id IS NULL OR topic = '';
+ALTER TABLE legacy_tracking DROP CONSTRAINT legacy_tracking_pkey,
+    ALTER COLUMN notification_id DROP NOT NULL;
+INSERT INTO legacy_tracking VALUES ('LegacyUpstream', NULL);
+SELECT * FROM biomero.import_eventsourcing('Malformed', 'malformed_events', 'legacy_tracking');
+SELECT count(*) AS imported FROM biomero.events WHERE application_name = 'Malformed';
+DROP TABLE legacy_events, legacy_tracking, malformed_events;
 
 -- Every function pins its search_path; nothing is granted to PUBLIC but the read helpers:
 -- no table or view (biomero.locks included), and these functions.
