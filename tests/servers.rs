@@ -8,6 +8,7 @@ mod common;
 use cluster::*;
 use common::*;
 use postgres::error::SqlState;
+use postgres::fallible_iterator::FallibleIterator;
 use postgres::{Client, IsolationLevel};
 use rand::Rng;
 use std::collections::BTreeSet;
@@ -375,4 +376,294 @@ fn the_first_concurrent_writer_after_a_restart_keeps_no_lock_to_its_commit() {
         .get(0);
     assert_eq!(previous, "concurrent");
     writer.batch_execute("COMMIT").unwrap();
+}
+
+/// Waits until `replica` has replayed everything `primary` has written so far.
+fn wait_for_replay(primary: &mut Client, replica: &mut Client) {
+    let target: String = primary
+        .query_one("SELECT pg_current_wal_lsn()::text", &[])
+        .unwrap()
+        .get(0);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !replica
+        .query_one(
+            "SELECT pg_last_wal_replay_lsn() >= $1::text::pg_lsn",
+            &[&target],
+        )
+        .unwrap()
+        .get::<_, bool>(0)
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the standby did not replay {target}"
+        );
+        thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Everything a reader on `client` may read of `application` now.
+fn readable(client: &mut Client, application: &str) -> Vec<i64> {
+    page(client, application, 0)
+}
+
+#[test]
+fn a_switch_run_again_while_an_id_is_in_flight_lets_no_standby_reader_skip() {
+    let primary = Cluster::start("reswitch", &[], &[PRELOAD]);
+    let mut client = primary.database_with_extension("biomero");
+    let application = "WorkflowTracker";
+    set_append_mode(&mut client, application, "concurrent");
+    let replica = Cluster::replica_of(&primary, &[PRELOAD]);
+    let mut standby = replica.connect_when_ready("biomero");
+    // 1 in flight, 2 committed: nothing is readable until 1 ends.
+    let mut holder = primary.connect("biomero");
+    let mut held = holder.transaction().unwrap();
+    assert_eq!(append_one(&mut held, application), 1);
+    assert_eq!(append_one(&mut client, application), 2);
+    for modes in [&["concurrent"][..], &["serialized", "concurrent"][..]] {
+        for mode in modes {
+            set_append_mode(&mut client, application, mode);
+        }
+        wait_for_replay(&mut client, &mut standby);
+        assert_eq!(
+            readable(&mut standby, application),
+            Vec::<i64>::new(),
+            "after switching to {modes:?}, a standby reader got an id above 1, still in flight"
+        );
+        assert_eq!(readable(&mut client, application), Vec::<i64>::new());
+    }
+    held.commit().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while readable(&mut standby, application) != vec![1, 2] {
+        assert!(Instant::now() < deadline, "the standby never read 1 and 2");
+        thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn after_a_restart_above_rolled_back_ids_no_standby_reader_skips() {
+    let primary = Cluster::start("rolledback", &[], &[PRELOAD]);
+    let mut client = primary.database_with_extension("biomero");
+    let application = "WorkflowTracker";
+    set_append_mode(&mut client, application, "concurrent");
+    assert_eq!(append_one(&mut client, application), 1);
+    for expected in [2, 3] {
+        let mut rolled_back = client.transaction().unwrap();
+        assert_eq!(append_one(&mut rolled_back, application), expected);
+        rolled_back.rollback().unwrap();
+    }
+    // The holes at the top are settled: the publisher publishes 3.
+    let published = "SELECT published_horizon FROM biomero.application_registry \
+                     WHERE application_name = $1";
+    wait_for(&mut client, published, application, Some(3));
+    drop(client);
+    let replica = Cluster::replica_of(&primary, &[PRELOAD]);
+    primary.restart("fast", &[PRELOAD]);
+    let mut client = primary.connect_when_ready("biomero");
+    // While the registry row is held, no publisher can correct what standbys read up to.
+    let mut row_holder = primary.connect("biomero");
+    let mut row = row_holder.transaction().unwrap();
+    row.execute(
+        "SELECT 1 FROM biomero.application_registry WHERE application_name = $1 FOR UPDATE",
+        &[&application],
+    )
+    .unwrap();
+    let mut holder = primary.connect("biomero");
+    let mut held = holder.transaction().unwrap();
+    let in_flight = append_one(&mut held, application);
+    let committed = append_one(&mut client, application);
+    assert!(
+        in_flight > 3 && committed > 3,
+        "ids {in_flight} and {committed} reuse ids standbys may have passed (published 3)"
+    );
+    let mut standby = replica.connect_when_ready("biomero");
+    wait_for_replay(&mut client, &mut standby);
+    assert_eq!(readable(&mut standby, application), vec![1]);
+    row.commit().unwrap();
+    held.commit().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while readable(&mut standby, application) != vec![1, in_flight, committed] {
+        assert!(
+            Instant::now() < deadline,
+            "the standby never read the new ids"
+        );
+        thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn shared_memory_of_dropped_databases_and_installations_is_given_back() {
+    let cluster = Cluster::start("reclaim", &[], &[PRELOAD, "biomero.max_applications=16"]);
+    let fill = |client: &mut Client, prefix: &str| {
+        for index in 0..16 {
+            set_append_mode(client, &format!("{prefix}{index}"), "concurrent");
+        }
+        let full = client
+            .query_one(
+                "SELECT biomero.set_append_mode('OneTooMany', 'concurrent')",
+                &[],
+            )
+            .unwrap_err();
+        assert_eq!(
+            full.code(),
+            Some(&SqlState::CONFIGURATION_LIMIT_EXCEEDED),
+            "{full}"
+        );
+        // An application without append state switches to serialized without any.
+        client
+            .query_one("SELECT biomero.set_append_mode('Plain', 'serialized')", &[])
+            .unwrap();
+    };
+    let mut first = cluster.database_with_extension("first");
+    fill(&mut first, "First");
+    drop(first);
+    cluster
+        .connect("postgres")
+        .batch_execute("DROP DATABASE first WITH (FORCE)")
+        .unwrap();
+    let mut second = cluster.database_with_extension("second");
+    fill(&mut second, "Second");
+    // The extension dropped and created again in the same database: a new installation.
+    second
+        .batch_execute("DROP EXTENSION biomero_tracking; CREATE EXTENSION biomero_tracking")
+        .unwrap();
+    fill(&mut second, "Again");
+    assert_eq!(append_one(&mut second, "Again0"), 1);
+}
+
+/// A cluster whose horizon publishers leave after half a second without work.
+fn quickly_idle_cluster(name: &str) -> Cluster {
+    Cluster::start(
+        name,
+        &[],
+        &[PRELOAD, "biomero.publisher_idle_timeout=500ms"],
+    )
+}
+
+/// The pid of the database's horizon publisher, waiting up to 10 s for one to run.
+fn publisher_pid(client: &mut Client) -> i32 {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        if let Some(row) = client
+            .query_opt(
+                "SELECT pid FROM pg_stat_activity WHERE backend_type = \
+                 'biomero_tracking horizon publisher' AND datname = current_database()",
+                &[],
+            )
+            .unwrap()
+        {
+            return row.get(0);
+        }
+        assert!(Instant::now() < deadline, "no horizon publisher runs");
+        thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// The wake-up of `listener` that announces id `id` of `application`, within 10 s.
+fn announced(listener: &mut Client, application: &str, id: i64) -> serde_json::Value {
+    let mut notifications = listener.notifications();
+    let mut iter = notifications.timeout_iter(Duration::from_secs(10));
+    while let Some(notification) = iter.next().unwrap() {
+        let value: serde_json::Value = serde_json::from_str(notification.payload()).unwrap();
+        let (first, last) = (
+            value["first"].as_i64().unwrap(),
+            value["last"].as_i64().unwrap(),
+        );
+        assert!(1 <= first && first <= last, "a wake-up for no ids: {value}");
+        if value["application_name"] == application && first <= id && id <= last {
+            return value;
+        }
+    }
+    panic!("id {id} of {application} was not announced within 10 s of its commit");
+}
+
+#[test]
+fn a_commit_after_the_publisher_had_nothing_to_do_for_long_is_announced() {
+    let cluster = quickly_idle_cluster("idle");
+    let mut client = cluster.database_with_extension("biomero");
+    let application = "WorkflowTracker";
+    set_append_mode(&mut client, application, "concurrent");
+    let mut listener = cluster.connect("biomero");
+    listener.batch_execute("LISTEN biomero_events").unwrap();
+    let mut holder = cluster.connect("biomero");
+    let mut held = holder.transaction().unwrap();
+    let id = append_one(&mut held, application);
+    publisher_pid(&mut client);
+    // Ten idle timeouts while the id is in flight: the publisher stays for it.
+    thread::sleep(Duration::from_secs(5));
+    held.commit().unwrap();
+    announced(&mut listener, application, id);
+}
+
+#[test]
+fn a_commit_after_the_publisher_was_terminated_is_announced() {
+    let cluster = quickly_idle_cluster("terminated");
+    let mut client = cluster.database_with_extension("biomero");
+    let application = "WorkflowTracker";
+    set_append_mode(&mut client, application, "concurrent");
+    let mut listener = cluster.connect("biomero");
+    listener.batch_execute("LISTEN biomero_events").unwrap();
+    for round in 0..3 {
+        let mut holder = cluster.connect("biomero");
+        let mut held = holder.transaction().unwrap();
+        let id = append_one(&mut held, application);
+        let pid = publisher_pid(&mut client);
+        client
+            .query_one("SELECT pg_terminate_backend($1)", &[&pid])
+            .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while client
+            .query_opt("SELECT 1 FROM pg_stat_activity WHERE pid = $1", &[&pid])
+            .unwrap()
+            .is_some()
+        {
+            assert!(Instant::now() < deadline, "the publisher did not exit");
+            thread::sleep(Duration::from_millis(20));
+        }
+        held.commit().unwrap();
+        let value = announced(&mut listener, application, id);
+        eprintln!("round {round}: id {id} announced after the publisher was terminated: {value}");
+    }
+}
+
+#[test]
+fn an_application_switched_with_no_events_is_not_announced() {
+    let cluster = quickly_idle_cluster("empty");
+    let mut client = cluster.database_with_extension("biomero");
+    let mut listener = cluster.connect("biomero");
+    listener.batch_execute("LISTEN biomero_events").unwrap();
+    set_append_mode(&mut client, "Empty", "concurrent");
+    let id = append_one(&mut client, "Empty");
+    // `announced` refuses any wake-up for no ids (first 0, last 0) on its way.
+    let value = announced(&mut listener, "Empty", id);
+    assert_eq!(
+        (value["first"].as_i64(), value["last"].as_i64()),
+        (Some(1), Some(1))
+    );
+}
+
+#[test]
+fn a_database_with_a_publisher_is_copied_and_dropped_without_force() {
+    let cluster = Cluster::start("template", &[], &[PRELOAD]);
+    let mut client = cluster.database_with_extension("source");
+    set_append_mode(&mut client, "WorkflowTracker", "concurrent");
+    append_one(&mut client, "WorkflowTracker");
+    publisher_pid(&mut client);
+    drop(client);
+    let mut admin = cluster.connect("postgres");
+    // CREATE DATABASE and DROP DATABASE wait up to 5 s for other sessions to leave the
+    // database; the publisher leaves within a second.
+    admin
+        .batch_execute("CREATE DATABASE copy TEMPLATE source")
+        .unwrap();
+    let mut copy = cluster.connect("copy");
+    assert_eq!(stored_ids(&mut copy, "WorkflowTracker"), vec![1]);
+    assert_eq!(append_one(&mut copy, "WorkflowTracker"), 2);
+    drop(copy);
+    admin.batch_execute("DROP DATABASE copy").unwrap();
+    // The publisher came back for the source's next concurrent append, and leaves again.
+    let mut client = cluster.connect("source");
+    append_one(&mut client, "WorkflowTracker");
+    publisher_pid(&mut client);
+    drop(client);
+    admin.batch_execute("DROP DATABASE source").unwrap();
 }

@@ -8,7 +8,9 @@ use postgres::error::SqlState;
 use postgres::Client;
 
 /// The earlier releases whose install scripts are kept in `sql/archive`.
-const EARLIER_RELEASES: [&str; 2] = ["0.1.0", "0.2.0"];
+const EARLIER_RELEASES: [&str; 3] = ["0.1.0", "0.2.0", "0.3.0"];
+/// The earlier releases whose tables are the current ones (the library runs on them as is).
+const RELEASES_WITH_REGISTRY: [&str; 1] = ["0.3.0"];
 
 /// Every object of schema biomero, described so that two databases can be compared.
 fn catalog(client: &mut Client) -> Vec<String> {
@@ -76,42 +78,66 @@ fn update_keeps_data_objects_and_guarantees(release: &str) {
             "CREATE EXTENSION biomero_tracking VERSION '{release}'"
         ))
         .unwrap();
-    // What that release stored (written as rows: its library is not the installed one).
+    // What that release stored. Releases with the application registry (0.3.0 on) share the
+    // installed library's tables, so their data is written with the functions, which
+    // register the names; older ones as rows, as their library is not the installed one.
+    let has_registry = RELEASES_WITH_REGISTRY.contains(&release);
     let aggregate = random_uuid();
-    upgraded
-        .execute(
-            "INSERT INTO biomero.events SELECT 'WorkflowTracker', v + 1, $1::text::uuid, v, 't', \
-             '\\x01' FROM generate_series(0, 4) AS v",
-            &[&aggregate],
+    if has_registry {
+        upgraded
+            .batch_execute(
+                "SELECT biomero.record_event('JobAccounting', gen_random_uuid(), 0, 'u', ''); \
+                 SELECT biomero.record_tracking('WorkflowProgress', 'WorkflowTracker', 3)",
+            )
+            .unwrap();
+        append_versions(
+            &mut upgraded,
+            "WorkflowTracker",
+            &aggregate,
+            0..5,
+            "t",
+            |_| vec![1],
         )
         .unwrap();
-    upgraded
-        .batch_execute(
-            "INSERT INTO biomero.events VALUES ('JobAccounting', 1, gen_random_uuid(), 0, 'u', ''); \
-             INSERT INTO biomero.tracking VALUES ('WorkflowProgress', 'WorkflowTracker', 3)",
-        )
-        .unwrap();
+    } else {
+        upgraded
+            .execute(
+                "INSERT INTO biomero.events SELECT 'WorkflowTracker', v + 1, $1::text::uuid, v, \
+                 't', '\\x01' FROM generate_series(0, 4) AS v",
+                &[&aggregate],
+            )
+            .unwrap();
+        upgraded
+            .batch_execute(
+                "INSERT INTO biomero.events VALUES ('JobAccounting', 1, gen_random_uuid(), 0, \
+                 'u', ''); \
+                 INSERT INTO biomero.tracking VALUES ('WorkflowProgress', 'WorkflowTracker', 3)",
+            )
+            .unwrap();
+    }
     let before = stored_events(&mut upgraded);
 
-    // Before the update, a function of the installed library that needs the new tables says
-    // what to do rather than failing on a missing table or symbol.
-    let stale = upgraded
-        .query(
-            "SELECT biomero.record_event('WorkflowTracker', gen_random_uuid(), 9, 't', '')",
-            &[],
-        )
-        .unwrap_err();
-    assert_eq!(
-        stale.code(),
-        Some(&SqlState::OBJECT_NOT_IN_PREREQUISITE_STATE),
-        "{stale}"
-    );
-    let message = stale.as_db_error().unwrap().message().to_string();
-    assert_eq!(
-        message,
-        "biomero.record_event needs the extension's update: run ALTER EXTENSION \
-         biomero_tracking UPDATE"
-    );
+    if !has_registry {
+        // Before the update, a function of the installed library that needs the new tables
+        // says what to do rather than failing on a missing table or symbol.
+        let stale = upgraded
+            .query(
+                "SELECT biomero.record_event('WorkflowTracker', gen_random_uuid(), 9, 't', '')",
+                &[],
+            )
+            .unwrap_err();
+        assert_eq!(
+            stale.code(),
+            Some(&SqlState::OBJECT_NOT_IN_PREREQUISITE_STATE),
+            "{stale}"
+        );
+        let message = stale.as_db_error().unwrap().message().to_string();
+        assert_eq!(
+            message,
+            "biomero.record_event needs the extension's update: run ALTER EXTENSION \
+             biomero_tracking UPDATE"
+        );
+    }
 
     upgraded
         .batch_execute("ALTER EXTENSION biomero_tracking UPDATE")
