@@ -148,11 +148,13 @@ fn append_state(
     Ok(TableIterator::once(row))
 }
 
-/// The highest notification id concurrent mode has handed out for `application_name`: once
-/// the horizon reaches it, every append in flight when it was read has ended. NULL when the
-/// application is serialized with nothing in flight, and on a standby. A follower prompted
-/// by a commit waits for it, so that an id committed above one still in flight is not left
-/// for a prompt that may never come.
+/// The highest notification id of `application_name` handed out in concurrent mode that the
+/// horizon can reach while the calling transaction goes on: once the horizon reaches it,
+/// every append of another transaction in flight when it was read has ended. Below the
+/// calling transaction's own ids, when it holds some (they settle only at its commit). NULL
+/// when the application is serialized with nothing in flight, and on a standby. A follower
+/// prompted by a commit waits for it, so that an id committed above one still in flight is
+/// not left for a prompt that may never come.
 #[pg_extern(stable, parallel_safe)]
 #[search_path(pg_catalog, pg_temp)]
 fn last_taken_id(application_name: Option<&str>) -> Result<Option<i64>, ErrorReport> {
@@ -164,9 +166,12 @@ fn last_taken_id(application_name: Option<&str>) -> Result<Option<i64>, ErrorRep
         if in_recovery() {
             return Ok(None);
         }
-        Ok(match shared::entry_of(registered.id)? {
-            Some(entry) if entry.is_ready() => entry.taken(),
-            _ => None,
+        let Some(entry) = shared::entry_of(registered.id)?.filter(|entry| entry.is_ready()) else {
+            return Ok(None);
+        };
+        Ok(match entry.lowest_held_here()? {
+            Some(lowest) => entry.taken().map(|taken| taken.min(lowest - 1)),
+            None => entry.taken(),
         })
     })?)
 }

@@ -664,6 +664,11 @@ impl EntryRef {
         Ok(self.my_slot()?.is_some())
     }
 
+    /// The lowest id of this application the current transaction holds, if it holds any.
+    pub fn lowest_held_here(&self) -> Result<Option<i64>> {
+        Ok(self.my_slot()?.map(|slot| slot.lowest.load(SeqCst)))
+    }
+
     /// Enlists the current transaction among the holders of this application's ids, unless
     /// the application is serialized; a transaction already enlisted stays concurrent.
     pub fn enlist(&self) -> Result<Enlisted> {

@@ -181,6 +181,40 @@ def test_forged_notifications_only_wake_a_subscription() -> None:
     datastore.close()
 
 
+def test_a_subscription_gets_a_commit_made_long_after_its_id_was_taken() -> None:
+    """In concurrent mode the horizon publisher announces commits. It stays while an id is
+    in flight, however long past its idle timeout, so a subscription (which waits for a
+    wake-up without a timeout) gets the commit."""
+    with support.admin() as cursor:
+        cursor.execute("ALTER SYSTEM SET biomero.publisher_idle_timeout = '300ms'")
+        cursor.execute("SELECT pg_reload_conf()")
+    connection_name = support.unique_name("late")
+    datastore = biomero_tracking.Datastore(url=_url_with_name(connection_name))
+    application = support.unique_name("Late")
+    recorder = biomero_tracking.BiomeroApplicationRecorder(datastore, application_name=application)
+    holder = psycopg2.connect(support.libpq_url())
+    try:
+        with support.admin() as cursor:
+            cursor.execute("SELECT biomero.set_append_mode(%s, 'concurrent')", (application,))
+        with holder.cursor() as cursor:
+            cursor.execute(
+                "SELECT biomero.record_event(%s, gen_random_uuid(), 0, 't', '\\x01')",
+                (application,),
+            )
+            held_id = cursor.fetchone()[0]
+        with recorder.subscribe() as subscription:
+            _wait_until_listening(connection_name)
+            time.sleep(3)  # ten idle timeouts of the publisher, with the id in flight
+            holder.commit()
+            assert _next_within(subscription, 10).id == held_id
+    finally:
+        holder.close()
+        datastore.close()
+        with support.admin() as cursor:
+            cursor.execute("ALTER SYSTEM RESET biomero.publisher_idle_timeout")
+            cursor.execute("SELECT pg_reload_conf()")
+
+
 def test_a_dropped_connection_is_replaced_url() -> None:
     connection_name = support.unique_name("dropped")
     datastore = biomero_tracking.Datastore(url=_url_with_name(connection_name))

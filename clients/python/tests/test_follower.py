@@ -10,6 +10,7 @@ import threading
 import time
 from typing import Any
 
+import psycopg2
 import pytest
 import support
 from eventsourcing.persistence import IntegrityError, ProgrammingError
@@ -201,6 +202,43 @@ def test_a_processor_waits_for_the_one_in_flight_then_skips(read_model: str) -> 
     assert [n for n, _ in _rows(read_model)] == [1, 2, 3]
     assert second.recorder.max_tracking_id(leader.name) == 3
     _close(leader, first, second)
+
+
+def test_a_follower_of_a_concurrent_upstream_waits_for_an_id_in_flight_below() -> None:
+    """A leader in concurrent mode commits id 2 while id 1 is in flight in another
+    session; the prompted pull reads nothing yet. It waits for the append in flight, which
+    rolls back, and processes 2: nothing else would prompt it again."""
+    processed: list[int] = []
+
+    def policy(self: Any, domain_event: Any, processing_event: Any) -> None:
+        processed.append(processing_event.tracking.notification_id)
+
+    leader_class, follower_class = _apps(policy)
+    leader = leader_class(env=_url_env())
+    follower = follower_class(env=_url_env())
+    follower.follow(leader.name, leader.notification_log)
+    with support.admin() as cursor:
+        cursor.execute("SELECT biomero.set_append_mode(%s, 'concurrent')", (leader.name,))
+    holder = psycopg2.connect(support.libpq_url())
+    try:
+        with holder.cursor() as cursor:
+            cursor.execute(
+                "SELECT biomero.record_event(%s, gen_random_uuid(), 0, 't', '')", (leader.name,)
+            )
+            assert cursor.fetchone()[0] == 1
+        leader.create("above the one in flight")
+        rollback = threading.Timer(0.5, holder.rollback)
+        rollback.start()
+        started = time.monotonic()
+        follower.pull_and_process(leader.name)
+        waited = time.monotonic() - started
+        rollback.join()
+    finally:
+        holder.close()
+    assert processed == [2]
+    assert waited >= 0.4
+    assert follower.recorder.max_tracking_id(leader.name) == 2
+    _close(leader, follower)
 
 
 def test_read_model_writes_commit_with_the_position_or_not_at_all(read_model: str) -> None:

@@ -15,11 +15,18 @@ A notification at or below the position was processed by another process. By def
 usual, then its database writes are rolled back and nothing is recorded. So a follower that
 keeps state in memory builds it from every notification committed after it started, in
 order, whichever process won each one, exactly as a single process would.
+
+An upstream in concurrent append mode may commit an id above one still in flight: a pull
+reads no further than below it. A runner prompts a follower when its leader commits, and
+may not prompt again, so a pull that ends below ids already handed out waits (up to
+:attr:`ClaimingFollower.horizon_wait` seconds) until the appends holding them have ended,
+and pulls once more.
 """
 
 from __future__ import annotations
 
 import logging
+import time
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from eventsourcing.application import ProcessingEvent
@@ -53,6 +60,11 @@ class ClaimingFollower:
     #: Set it to False on followers whose policies act outside the database (send mail,
     #: call services), which a replay would repeat, or that keep no state in memory.
     replay_processed_elsewhere: ClassVar[bool] = True
+
+    #: How long (seconds) a pull of an upstream in concurrent mode waits for the appends
+    #: in flight when it ended (a committed id above one of them is not readable yet).
+    #: After that the next prompt catches up; a warning says so.
+    horizon_wait: ClassVar[float] = 10.0
 
     recorder: Any
     processing_lock: Any
@@ -97,11 +109,41 @@ class ClaimingFollower:
     def pull_and_process(
         self, leader_name: str, start: int | None = None, stop: int | None = None
     ) -> None:
+        self._pull(leader_name, start, stop)
+        if stop is None and self._claims and self._wait_for_ids_in_flight(leader_name):
+            self._pull(leader_name, None, None)
+
+    def _pull(self, leader_name: str, start: int | None, stop: int | None) -> None:
         if start is None and leader_name in self._seen_positions:
             # From where this process's policy left off, not from the shared position:
             # what other processes processed meanwhile is replayed, not skipped.
             start = self._seen_positions[leader_name]
         super().pull_and_process(leader_name, start=start, stop=stop)  # type: ignore[misc]
+
+    def _wait_for_ids_in_flight(self, leader_name: str) -> bool:
+        """Waits until the upstream's horizon reaches every id handed out when the pull
+        ended; True when it moved past what the pull could read (pull again)."""
+        target = self.recorder.last_taken_id(leader_name)
+        horizon = self.recorder.horizon(leader_name)
+        if target is None or horizon is None or horizon >= target:
+            return False
+        deadline = time.monotonic() + self.horizon_wait
+        pause = 0.005
+        while time.monotonic() < deadline:
+            time.sleep(pause)
+            pause = min(pause * 2, 0.1)
+            horizon = self.recorder.horizon(leader_name)
+            if horizon is None or horizon >= target:
+                return True
+        logger.warning(
+            "%s: notifications of %r up to %d were still in flight after %.1f s (see "
+            "biomero.appends_in_flight); the next prompt processes what commits of them",
+            type(self).__name__,
+            leader_name,
+            target,
+            self.horizon_wait,
+        )
+        return True
 
     def process_event(self, domain_event: DomainEventProtocol[Any], tracking: Tracking) -> None:
         if not self._claims:

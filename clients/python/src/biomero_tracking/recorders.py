@@ -66,6 +66,8 @@ _MAX_TRACKING_ID = text(
     "SELECT biomero.max_tracking_id(:application_name, :upstream_application_name)"
 )
 _CLAIM = text("SELECT biomero.claim(:application_name, :upstream_application_name)")
+_LAST_TAKEN_ID = text("SELECT biomero.last_taken_id(:application_name)")
+_HORIZON = text("SELECT horizon FROM biomero.append_state(:application_name)")
 
 
 def _uuid(value: Any) -> UUID:
@@ -251,6 +253,16 @@ class BiomeroTrackingRecorder(BiomeroRecorder, TrackingRecorder):
             application_name=self.application_name,
             upstream_application_name=application_name,
         )
+
+    def last_taken_id(self, upstream_application_name: str) -> int | None:
+        """The highest id of a concurrent upstream handed out so far, that the horizon can
+        reach while this session goes on; None when the upstream is serialized with
+        nothing in flight."""
+        return self._optional_int(_LAST_TAKEN_ID, application_name=upstream_application_name)
+
+    def horizon(self, upstream_application_name: str) -> int | None:
+        """The upstream's horizon now: readers read up to it (None: no bound)."""
+        return self._optional_int(_HORIZON, application_name=upstream_application_name)
 
     def claim(self, upstream_application_name: str) -> int:
         """Claims (follower, upstream) until the end of this thread's processing
