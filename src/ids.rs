@@ -21,8 +21,9 @@ use crate::registry::{self, Application, Mode};
 use crate::shared::{self, Enlisted, EntryRef};
 use crate::statements::{self, Snapshot};
 use crate::worker;
+use crate::{notify, subtransaction};
 use pgrx::pg_sys;
-use pgrx::IntoDatum;
+use pgrx::{IntoDatum, PgSqlErrorCode};
 
 /// Ids reserved for the current transaction: `first` and the following ones.
 pub struct Reserved {
@@ -118,23 +119,54 @@ fn concurrent(name: &str, entry: &EntryRef, count: i64) -> Result<Reserved> {
 
 /// The serialized strategy's ids, under the append lock: right after the highest committed.
 fn after_head(name: &str, application: &Application, count: i64) -> Result<Reserved> {
-    if application.published_horizon.is_some() {
-        // Standbys no longer need a horizon for this application: nothing is in flight.
-        statements::execute(
-            &statements::PUBLISH_HORIZON,
-            &[application.id.into_datum(), None],
-            Snapshot::Latest,
-            |_| (),
-        )?;
-        registry::forget_published_horizon(name);
-    }
     let head = head(name)?.unwrap_or(0);
+    if application.published_horizon.is_some() {
+        if notify::NOTIFY.get() || shared::shared().is_none() {
+            clear_published_horizon(name, application.id, head)?;
+        } else {
+            // This append does not notify: the publisher takes the horizon back and
+            // announces what it held back.
+            worker::ensure_running()?;
+        }
+    }
     head.checked_add(count)
         .ok_or_else(|| Error::IdsExhausted(name.to_string()))?;
     Ok(Reserved {
         first: head + 1,
         mode: Mode::Serialized,
     })
+}
+
+/// Standbys no longer need a horizon for the application: nothing is in flight. Ids up to
+/// `head` above the horizon published were concurrent ones whose announcement may not have
+/// been sent yet: they are announced with this append. The row may be held by the publisher
+/// for a moment; under REPEATABLE READ its update then conflicts with this transaction's
+/// snapshot, so the statement runs in a subtransaction and again.
+fn clear_published_horizon(name: &str, id: i32, head: i64) -> Result<()> {
+    let cleared = loop {
+        let attempt = subtransaction::attempt(
+            None,
+            &[PgSqlErrorCode::ERRCODE_T_R_SERIALIZATION_FAILURE],
+            || {
+                statements::first(
+                    &statements::CLEAR_HORIZON,
+                    &[id.into_datum()],
+                    Snapshot::Latest,
+                    |row| row.get::<i64>(1),
+                )
+            },
+        )?;
+        if let Ok(cleared) = attempt {
+            break cleared.flatten();
+        }
+    };
+    registry::forget_published_horizon(name);
+    if let Some(published) = cleared {
+        if head > published {
+            notify::appended(name, published + 1, head);
+        }
+    }
+    Ok(())
 }
 
 /// Waits until no transaction holds concurrent ids of the application: each holder is waited

@@ -66,12 +66,17 @@ pub const APPLICATION_NAMES: Statement = Statement {
     parameters: &[pg_sys::INT4ARRAYOID],
 };
 
+/// Sets the mode. A switch to concurrent mode publishes for standbys at most `$3` (below every
+/// id in flight) and never more than was published: listeners were woken up to that, and
+/// the publisher announces from there.
 pub const SET_APPEND_MODE: Statement = Statement {
     name: "set_append_mode",
     text: "
         UPDATE biomero.application_registry
         SET append_mode = $2,
-            published_horizon = CASE WHEN $2 = 'concurrent' THEN $3 ELSE published_horizon END
+            published_horizon = CASE WHEN $2 = 'concurrent'
+                                     THEN least(published_horizon, $3)
+                                     ELSE published_horizon END
         WHERE application_id = $1",
     parameters: &[INT4OID, TEXTOID, INT8OID],
 };
@@ -108,6 +113,25 @@ pub const PUBLISHED_HORIZON: Statement = Statement {
         FROM biomero.application_registry
         WHERE application_id = $1
         FOR UPDATE SKIP LOCKED",
+    parameters: &[INT4OID],
+};
+
+/// Takes back the horizon published for standbys of a serialized application with nothing in
+/// flight (they read everything); returns what was published, if anything.
+pub const CLEAR_HORIZON: Statement = Statement {
+    name: "clear_horizon",
+    text: "
+        WITH cleared AS (
+            SELECT application_id, published_horizon
+            FROM biomero.application_registry
+            WHERE application_id = $1 AND published_horizon IS NOT NULL
+              AND append_mode = 'serialized'
+            FOR UPDATE)
+        UPDATE biomero.application_registry AS r
+        SET published_horizon = NULL
+        FROM cleared
+        WHERE r.application_id = cleared.application_id
+        RETURNING cleared.published_horizon",
     parameters: &[INT4OID],
 };
 

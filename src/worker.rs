@@ -406,10 +406,17 @@ fn publish_one(id: i32, horizon: Option<i64>) -> Result<bool> {
         Snapshot::Current,
         |_| (),
     )?;
-    if let Some(horizon) = horizon {
-        let first = before.map_or(horizon, |before| before + 1).max(1);
-        if first <= horizon {
-            notify::send(&name, first, horizon);
+    // What is readable now and was not when `before` was published is announced: up to the
+    // horizon, or, when standbys read everything again, up to the head.
+    let last = match horizon {
+        Some(horizon) => Some(horizon),
+        None if before.is_some() => crate::ids::head(&name)?,
+        None => None,
+    };
+    if let Some(last) = last {
+        let first = before.map_or(last, |before| before + 1).max(1);
+        if first <= last {
+            notify::send(&name, first, last);
         }
     }
     Ok(true)
