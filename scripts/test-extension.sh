@@ -6,7 +6,7 @@
 #   bash scripts/test-extension.sh            every target: the #[pg_test] unit tests and every
 #                                             integration test in tests/
 #   bash scripts/test-extension.sh core       the unit tests and the ordering, race, concurrent
-#                                             mode, fault and update tests
+#                                             mode, fault, update and checker tests
 #   bash scripts/test-extension.sh TARGET...  these targets: lib (the unit tests) or a file of
 #                                             tests/ (ordering, faults, ...)
 # Needs what scripts/setup.sh installs.
@@ -15,7 +15,7 @@ cd "$(dirname "$0")/.."
 source scripts/pg.sh
 export PATH="$HOME/.cargo/bin:$PATH"
 
-CORE=(lib ordering follower_race concurrent faults upgrade)
+CORE=(lib ordering follower_race concurrent faults upgrade checker)
 
 targets=("$@")
 if [ "${targets[*]:-}" = core ]; then

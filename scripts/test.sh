@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
 # Runs every test (what CI runs): formatting and lints, then per tested PostgreSQL major
 # (scripts/pg.sh) against real servers of that major:
-#   16, 15  the extension's unit and integration tests (scripts/test-extension.sh), the
-#           regression tests (scripts/test-regress.sh) and the Python client's suite
-#           (scripts/test-python.sh)
-#   18      the unit tests and the ordering, race, concurrent-mode, fault and update tests, and
-#           the regression tests
+#   16, 15  the extension's unit and integration tests (scripts/test-extension.sh; the
+#           randomized checker's short run among them), the regression tests
+#           (scripts/test-regress.sh), the isolation tests (scripts/test-isolation.sh) and the
+#           Python client's suite (scripts/test-python.sh)
+#   18      the unit tests and the ordering, race, concurrent-mode, fault, update and checker
+#           tests, the regression tests and the isolation tests
 # then the README's snippets, its demo included (scripts/test-readme.sh), and the Debian
 # package of every tested major, built (scripts/package.sh), installed and tested as an
 # operator would (scripts/test-package.sh). Ends with what ran per major, the result and the
@@ -93,6 +94,7 @@ for major in "${majors[@]}"; do
             bash scripts/test-extension.sh
     fi
     step "$major" "regression tests" env PG_MAJOR="$major" bash scripts/test-regress.sh
+    step "$major" "isolation tests" env PG_MAJOR="$major" bash scripts/test-isolation.sh
     if [ "$major" != 18 ]; then
         step "$major" "Python client" env PG_MAJOR="$major" bash scripts/test-python.sh
     fi
