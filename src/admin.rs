@@ -9,6 +9,7 @@ use crate::locks;
 use crate::registry::{self, Mode};
 use crate::shared;
 use crate::statements::{self, Snapshot};
+use crate::subtransaction;
 use crate::worker;
 use pgrx::pg_sys::panic::ErrorReport;
 use pgrx::prelude::*;
@@ -77,16 +78,18 @@ fn set_append_mode(
 }
 
 fn set_mode(id: i32, mode: Mode, head: Option<i64>) -> Result<()> {
-    statements::execute(
-        &statements::SET_APPEND_MODE,
-        &[
-            id.into_datum(),
-            mode.as_str().into_datum(),
-            head.into_datum(),
-        ],
-        Snapshot::Latest,
-        |_| (),
-    )?;
+    subtransaction::again_on_conflict(|| {
+        statements::execute(
+            &statements::SET_APPEND_MODE,
+            &[
+                id.into_datum(),
+                mode.as_str().into_datum(),
+                head.into_datum(),
+            ],
+            Snapshot::Latest,
+            |_| (),
+        )
+    })?;
     registry::invalidate_everywhere()
 }
 
@@ -103,12 +106,14 @@ fn restrict_application(
     let _owner = access::as_owner("biomero.restrict_application")?;
     Ok(statements::connected(|| {
         let registered = registry::register(application)?;
-        statements::execute(
-            &statements::SET_RESTRICTION,
-            &[registered.id.into_datum(), role.into_datum()],
-            Snapshot::Latest,
-            |_| (),
-        )?;
+        subtransaction::again_on_conflict(|| {
+            statements::execute(
+                &statements::SET_RESTRICTION,
+                &[registered.id.into_datum(), role.into_datum()],
+                Snapshot::Latest,
+                |_| (),
+            )
+        })?;
         registry::invalidate_everywhere()
     })?)
 }

@@ -23,7 +23,7 @@ use crate::statements::{self, Snapshot};
 use crate::worker;
 use crate::{notify, subtransaction};
 use pgrx::pg_sys;
-use pgrx::{IntoDatum, PgSqlErrorCode};
+use pgrx::IntoDatum;
 
 /// Ids reserved for the current transaction: `first` and the following ones.
 pub struct Reserved {
@@ -139,27 +139,17 @@ fn after_head(name: &str, application: &Application, count: i64) -> Result<Reser
 
 /// Standbys no longer need a horizon for the application: nothing is in flight. Ids up to
 /// `head` above the horizon published were concurrent ones whose announcement may not have
-/// been sent yet: they are announced with this append. The row may be held by the publisher
-/// for a moment; under REPEATABLE READ its update then conflicts with this transaction's
-/// snapshot, so the statement runs in a subtransaction and again.
+/// been sent yet: they are announced with this append.
 fn clear_published_horizon(name: &str, id: i32, head: i64) -> Result<()> {
-    let cleared = loop {
-        let attempt = subtransaction::attempt(
-            None,
-            &[PgSqlErrorCode::ERRCODE_T_R_SERIALIZATION_FAILURE],
-            || {
-                statements::first(
-                    &statements::CLEAR_HORIZON,
-                    &[id.into_datum()],
-                    Snapshot::Latest,
-                    |row| row.get::<i64>(1),
-                )
-            },
-        )?;
-        if let Ok(cleared) = attempt {
-            break cleared.flatten();
-        }
-    };
+    let cleared = subtransaction::again_on_conflict(|| {
+        statements::first(
+            &statements::CLEAR_HORIZON,
+            &[id.into_datum()],
+            Snapshot::Latest,
+            |row| row.get::<i64>(1),
+        )
+    })?
+    .flatten();
     registry::forget_published_horizon(name);
     if let Some(published) = cleared {
         if head > published {

@@ -102,3 +102,19 @@ fn enter<T>(
         outcome
     }
 }
+
+/// Runs `body` in a subtransaction, again as long as it raises a serialization failure: for
+/// a statement that updates a registry row with the latest snapshot, which under REPEATABLE
+/// READ and SERIALIZABLE still fails when the row was updated after that snapshot was taken
+/// (by the horizon publisher, say). The next attempt's snapshot has that update.
+pub fn again_on_conflict<T>(body: impl Fn() -> Result<T>) -> Result<T> {
+    loop {
+        if let Ok(done) = attempt(
+            None,
+            &[PgSqlErrorCode::ERRCODE_T_R_SERIALIZATION_FAILURE],
+            &body,
+        )? {
+            return Ok(done);
+        }
+    }
+}
