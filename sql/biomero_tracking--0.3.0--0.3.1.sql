@@ -3,7 +3,7 @@
 --   and application_name_of (a registry id's name, also while its registration has not
 --   committed), granted to PUBLIC like the other helpers the reads and views call;
 -- * biomero.locks names the locks of a transaction whose first use of a name has not
---   committed yet;
+--   committed yet, and leaves out those of a first use rolled back to a savepoint;
 -- * import_eventsourcing refuses source rows the libraries never store (a NULL column, an id
 --   below 1 or used twice, a negative version, an empty topic) instead of failing on a
 --   constraint or skipping them.
@@ -48,7 +48,11 @@ JOIN pg_catalog.pg_database AS d ON d.oid = l.database AND d.datname = current_d
 LEFT JOIN biomero.application_registry AS a ON a.application_id = l.classid::bigint
 LEFT JOIN biomero.application_registry AS u
        ON k.kind = 'claim' AND u.application_id = l.objid::bigint
-WHERE l.locktype = 'advisory';
+WHERE l.locktype = 'advisory'
+  -- A lock taken for a name whose first use was rolled back (to a savepoint) holds an id
+  -- no name has any more: it stands in nobody's way until its transaction ends.
+  AND coalesce(a.application_name,
+               biomero.application_name_of(l.classid::bigint::integer)) IS NOT NULL;
 
 CREATE OR REPLACE FUNCTION biomero.import_eventsourcing(
     application_name text,

@@ -65,7 +65,11 @@ JOIN pg_catalog.pg_database AS d ON d.oid = l.database AND d.datname = current_d
 LEFT JOIN biomero.application_registry AS a ON a.application_id = l.classid::bigint
 LEFT JOIN biomero.application_registry AS u
        ON k.kind = 'claim' AND u.application_id = l.objid::bigint
-WHERE l.locktype = 'advisory';
+WHERE l.locktype = 'advisory'
+  -- A lock taken for a name whose first use was rolled back (to a savepoint) holds an id
+  -- no name has any more: it stands in nobody's way until its transaction ends.
+  AND coalesce(a.application_name,
+               biomero.application_name_of(l.classid::bigint::integer)) IS NOT NULL;
 
 CREATE FUNCTION biomero.summary() RETURNS jsonb
 LANGUAGE sql STABLE PARALLEL SAFE

@@ -1015,20 +1015,22 @@ fn admin(run: &Run) {
                 Ok(())
             }
             _ => {
-                let unnamed: i64 = client
-                    .query_one(
-                        "SELECT (SELECT count(*) FROM biomero.locks WHERE application_name IS NULL) \
-                         + (SELECT count(*) FROM biomero.appends_in_flight \
-                            WHERE application_name IS NULL)",
+                let unnamed: Vec<String> = client
+                    .query(
+                        "SELECT format('locks: %s pid %s granted %s upstream %s', kind, pid, \
+                             granted, upstream_application_name) \
+                         FROM biomero.locks WHERE application_name IS NULL \
+                         UNION ALL \
+                         SELECT format('appends_in_flight: pid %s lowest %s', pid, lowest_id) \
+                         FROM biomero.appends_in_flight WHERE application_name IS NULL",
                         &[],
                     )
                     .map_err(|e| (Doing::Admin, e))?
-                    .get(0);
-                if unnamed > 0 {
-                    run.violation(
-                        "operator view without a name",
-                        format!("{unnamed} rows of biomero.locks or appends_in_flight"),
-                    );
+                    .iter()
+                    .map(|row| row.get(0))
+                    .collect();
+                if !unnamed.is_empty() {
+                    run.violation("operator view without a name", unnamed.join("; "));
                 }
                 run.count("operator views read");
                 Ok(())
@@ -1371,6 +1373,8 @@ fn primary_settings() -> Vec<&'static str> {
         "max_parallel_workers=8",
         "biomero.max_applications=32",
         "biomero.publisher_idle_timeout=1s",
+        // The standby must find the WAL it needs after the primary's immediate restarts.
+        "wal_keep_size=2GB",
         "max_connections=100",
     ]
 }
@@ -1741,7 +1745,13 @@ fn analyse(
         } else if excused_until.is_some() {
             wake_excused += 1;
         } else if from + WAKE_UP_BOUND <= listened_until {
-            late.push(format!("{app} {id} (committed at {at:.2} s)"));
+            let announced = wakes
+                .iter()
+                .find(|w| &w.app == app && w.first <= *id && *id <= w.last)
+                .map_or("never announced".to_string(), |w| {
+                    format!("announced at {:.2} s", w.at)
+                });
+            late.push(format!("{app} {id} (committed at {at:.2} s, {announced})"));
         } else {
             wake_excused += 1; // committed too near the end to tell
         }
