@@ -17,7 +17,10 @@
 //! stays) or saw it gone (so starts a new one). Terminated with work left, it asks for a
 //! successor. It also leaves at once when a command needs the database to itself (`DROP
 //! DATABASE`, `CREATE DATABASE … TEMPLATE`, `ALTER DATABASE … RENAME`): they hold a lock on
-//! the database that it looks for every second, and they would otherwise fail with 55006.
+//! the database that it looks for every second, and they would otherwise fail with 55006; a
+//! successor it asks for connects once the command is done. A slot left for a moment may be
+//! given to another database's publisher: a worker takes a slot back only if it is still its
+//! database's.
 
 use crate::access;
 use crate::error::Result;
@@ -230,7 +233,12 @@ pub extern "C-unwind" fn biomero_tracking_publisher_main(argument: pg_sys::Datum
             publish(&shared, &mut published)
         }));
         match round {
-            Round::Leave => return,
+            Round::Leave => {
+                // A command needs the database to itself: a successor, if work is left,
+                // connects once it is done (its connection waits for the command's lock).
+                step_down(&shared, publisher, &published);
+                return;
+            }
             Round::Changed => last_change = Instant::now(),
             Round::Unchanged => {
                 let idle = Duration::from_millis(IDLE_TIMEOUT.get().max(0) as u64);
@@ -241,29 +249,44 @@ pub extern "C-unwind" fn biomero_tracking_publisher_main(argument: pg_sys::Datum
         }
         if !BackgroundWorker::wait_latch(Some(ROUND)) {
             // Terminated (or the postmaster is gone): a successor publishes what is left.
-            let left = BackgroundWorker::transaction(std::panic::AssertUnwindSafe(|| {
-                !wanted_elsewhere() && unpublished(&shared, &published)
-            }));
-            // SAFETY: this process's pid.
-            let me = unsafe { pg_sys::MyProcPid };
-            {
-                let _lock = shared.lock();
-                if publisher.pid.load(SeqCst) == me {
-                    publisher.pid.store(0, SeqCst);
-                    publisher.latch.store(0, SeqCst);
-                }
-            }
-            if left {
-                start_unless_running(&shared);
-            }
+            step_down(&shared, publisher, &published);
             return;
         }
     }
 }
 
-/// Makes this process the slot's publisher, unless another one holds it.
+/// Leaves the slot for good and, if work is left, asks for a successor. The slot is left
+/// first and the work looked at afterwards: a transaction that ends meanwhile either saw this
+/// worker gone (and starts one itself) or ended before the look.
+fn step_down(shared: &Shared, publisher: &Publisher, published: &Published) {
+    // SAFETY: this process's pid.
+    let me = unsafe { pg_sys::MyProcPid };
+    {
+        let _lock = shared.lock();
+        if publisher.pid.load(SeqCst) != me {
+            return;
+        }
+        publisher.pid.store(0, SeqCst);
+        publisher.latch.store(0, SeqCst);
+    }
+    let left = BackgroundWorker::transaction(std::panic::AssertUnwindSafe(|| {
+        unpublished(shared, published)
+    }));
+    if left {
+        start_unless_running(shared);
+    }
+}
+
+/// Makes this process the slot's publisher, unless another one holds it or the slot was
+/// given to another database meanwhile (when this process had left it: a commit there that
+/// found it taken would wake a publisher of the wrong database).
 fn take_over(shared: &Shared, publisher: &Publisher) -> bool {
     let _lock = shared.lock();
+    // SAFETY: set at connection; before it, the slot's database is the one asked for.
+    let connected = unsafe { pg_sys::MyDatabaseId };
+    if connected != pg_sys::Oid::INVALID && publisher.database.load(SeqCst) != connected.to_u32() {
+        return false;
+    }
     // A start asked for meanwhile is served by whoever holds the slot.
     publisher.requested_at.store(0, SeqCst);
     if publisher.pid.load(SeqCst) != 0 {
