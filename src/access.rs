@@ -8,10 +8,10 @@
 //! when the returned guard is dropped; on an error, transaction or subtransaction abort restores
 //! the user as it does for SECURITY DEFINER functions.
 
+use crate::catalog;
 use crate::error::{Error, Result};
 use crate::registry::Application;
 use pgrx::pg_sys::{self, Oid};
-use pgrx::IntoDatum;
 
 /// The role that called the function.
 #[derive(Clone, Copy)]
@@ -42,7 +42,7 @@ impl Action {
 
 impl Caller {
     /// Fails when `application` is restricted to a role the caller is not a member of.
-    pub fn authorize(self, application: &Application, name: &str, action: Action) -> Result<()> {
+    pub fn authorize(self, application: &Application, action: Action) -> Result<()> {
         let Some(role) = application.restricted_to else {
             return Ok(());
         };
@@ -52,7 +52,7 @@ impl Caller {
         }
         Err(Error::Restricted {
             action: action.words(),
-            application: name.to_string(),
+            application: application.name.clone(),
             role: role_name(role),
         })
     }
@@ -86,8 +86,8 @@ pub fn as_owner(function: &'static str) -> Result<AsOwner> {
     if unsafe { pg_sys::RecoveryInProgress() } {
         return Err(Error::ReadOnly(function));
     }
-    let owner = schema_owner()?;
-    if !registry_exists() {
+    let owner = catalog::schema_owner()?;
+    if catalog::registry().is_err() {
         return Err(Error::UpdateRequired(function));
     }
     let (mut user, mut context) = (Oid::INVALID, 0);
@@ -108,79 +108,4 @@ impl Drop for AsOwner {
         // SAFETY: restores what as_owner saved.
         unsafe { pg_sys::SetUserIdAndSecContext(self.user, self.context) };
     }
-}
-
-fn schema_owner() -> Result<Oid> {
-    // SAFETY: syscache lookups of schema biomero; the tuple is released before returning.
-    unsafe {
-        let namespace = pg_sys::get_namespace_oid(c"biomero".as_ptr(), true);
-        if namespace == Oid::INVALID {
-            return Err(Error::NotInPrerequisiteState(
-                "schema biomero does not exist".into(),
-            ));
-        }
-        let tuple = pg_sys::SearchSysCache1(
-            pg_sys::SysCacheIdentifier::NAMESPACEOID as i32,
-            namespace.into_datum().expect("an oid is a datum"),
-        );
-        if tuple.is_null() {
-            return Err(Error::Internal("schema biomero vanished".into()));
-        }
-        let owner =
-            (*pg_sys::heap_tuple_get_struct::<pg_sys::FormData_pg_namespace>(tuple)).nspowner;
-        pg_sys::ReleaseSysCache(tuple);
-        Ok(owner)
-    }
-}
-
-fn registry_exists() -> bool {
-    registry_relation().is_ok()
-}
-
-/// The application registry table.
-pub fn registry_relation() -> Result<Oid> {
-    relation(c"application_registry")
-}
-
-/// The registry's primary key index (on application_id).
-pub fn registry_key_index() -> Result<Oid> {
-    relation(c"application_registry_pkey")
-}
-
-/// Whether the calling role may SELECT from relation `name` of schema biomero.
-pub fn may_select(name: &std::ffi::CStr) -> bool {
-    let Ok(relation) = relation(name) else {
-        return false;
-    };
-    // SAFETY: an ACL lookup for the current user.
-    unsafe {
-        pg_sys::pg_class_aclcheck(relation, pg_sys::GetUserId(), pg_sys::ACL_SELECT as _)
-            == pg_sys::AclResult::ACLCHECK_OK
-    }
-}
-
-fn relation(name: &std::ffi::CStr) -> Result<Oid> {
-    // SAFETY: syscache lookups.
-    unsafe {
-        let namespace = pg_sys::get_namespace_oid(c"biomero".as_ptr(), true);
-        let relation = if namespace == Oid::INVALID {
-            Oid::INVALID
-        } else {
-            pg_sys::get_relname_relid(name.as_ptr(), namespace)
-        };
-        if relation == Oid::INVALID {
-            return Err(Error::NotInPrerequisiteState(format!(
-                "table biomero.{} does not exist",
-                name.to_string_lossy()
-            )));
-        }
-        Ok(relation)
-    }
-}
-
-/// The extension's events table, which identifies this installation of the extension in this
-/// database: shared memory is keyed by it, so that dropping and creating the extension again
-/// starts afresh.
-pub fn events_relation() -> Result<Oid> {
-    relation(c"events")
 }

@@ -2,15 +2,15 @@
 //! role, and the lock an import takes. None is granted to anyone by the extension.
 
 use crate::access;
+use crate::catalog;
 use crate::error::{Error, Result};
 use crate::ids;
 use crate::input;
 use crate::locks;
-use crate::registry::{self, Mode};
+use crate::registry::{self, ApplicationId, Mode};
 use crate::shared;
 use crate::statements::{self, Snapshot};
 use crate::subtransaction;
-use crate::worker;
 use pgrx::pg_sys::panic::ErrorReport;
 use pgrx::prelude::*;
 
@@ -42,12 +42,12 @@ fn set_append_mode(
                         .into(),
                 ));
             }
-            locks::append(application, registered.id)?;
+            locks::append(&registered)?;
             set_mode(registered.id, mode, None)?;
             return Ok(registered.mode.as_str().to_string());
         };
-        locks::append(application, registered.id)?;
-        let relation = access::events_relation()?;
+        locks::append(&registered)?;
+        let relation = catalog::events()?;
         let entry = match mode {
             Mode::Concurrent => shared.find_or_create(relation, registered.id)?,
             Mode::Serialized => match shared.find(relation, registered.id) {
@@ -60,7 +60,7 @@ fn set_append_mode(
                 }
             },
         };
-        ids::ready(application, &registered, &entry)?;
+        ids::ready(&registered, &entry)?;
         let previous = entry.mode();
         // Ids handed out from the commit on are above everything committed; they never go
         // back, so ids taken in an earlier concurrent period are not reused either.
@@ -72,20 +72,16 @@ fn set_append_mode(
         let horizon = entry.horizon().map_or(head, |horizon| horizon.min(head));
         set_mode(registered.id, mode, Some(horizon))?;
         shared::switch_at_commit(&entry, mode, head)?;
-        worker::ensure_running()?;
+        shared::ensure_publisher()?;
         Ok(previous.as_str().to_string())
     })?)
 }
 
-fn set_mode(id: i32, mode: Mode, head: Option<i64>) -> Result<()> {
+fn set_mode(id: ApplicationId, mode: Mode, head: Option<i64>) -> Result<()> {
     subtransaction::again_on_conflict(|| {
         statements::execute(
             &statements::SET_APPEND_MODE,
-            &[
-                id.into_datum(),
-                mode.as_str().into_datum(),
-                head.into_datum(),
-            ],
+            &[id.datum(), mode.as_str().into_datum(), head.into_datum()],
             Snapshot::Latest,
             |_| (),
         )
@@ -109,7 +105,7 @@ fn restrict_application(
         subtransaction::again_on_conflict(|| {
             statements::execute(
                 &statements::SET_RESTRICTION,
-                &[registered.id.into_datum(), role.into_datum()],
+                &[registered.id.datum(), role.into_datum()],
                 Snapshot::Latest,
                 |_| (),
             )
@@ -128,14 +124,14 @@ fn lock_for_import(application_name: Option<&str>) -> Result<i64, ErrorReport> {
     let _owner = access::as_owner("biomero.lock_for_import")?;
     Ok(statements::connected(|| {
         let registered = registry::register(application)?;
-        locks::append(application, registered.id)?;
+        locks::append(&registered)?;
         let entry = shared::entry_of(registered.id)?;
         // The registry row is this transaction's latest: a switch made earlier in the same
         // transaction counts, though it takes effect only at the commit.
         let concurrent = registered.mode == Mode::Concurrent
             || match &entry {
                 Some(entry) => {
-                    ids::ready(application, &registered, entry)?;
+                    ids::ready(&registered, entry)?;
                     entry.mode() == Mode::Concurrent
                         || entry.in_flight()
                         || shared::switching_here(entry)

@@ -43,8 +43,8 @@ fn record_event(
     let _owner = access::as_owner("biomero.record_event")?;
     let ids = statements::connected(|| {
         let registered = registry::register(application)?;
-        caller.authorize(&registered, application, Action::Append)?;
-        append(application, &registered, &[event])
+        caller.authorize(&registered, Action::Append)?;
+        append(&registered, &[event])
     })?;
     Ok(ids[0])
 }
@@ -113,7 +113,7 @@ fn record_events(
     let _owner = access::as_owner("biomero.record_events")?;
     let ids = statements::connected(|| {
         let registered = registry::register(application)?;
-        caller.authorize(&registered, application, Action::Append)?;
+        caller.authorize(&registered, Action::Append)?;
         if let Some(position) = &position {
             if !tracking::advance(position)? {
                 return Ok(None);
@@ -122,15 +122,16 @@ fn record_events(
         if events.is_empty() {
             return Ok(Some(Vec::new()));
         }
-        append(application, &registered, &events).map(Some)
+        append(&registered, &events).map(Some)
     })?;
     Ok(ids)
 }
 
 /// The append itself; arguments are valid and the caller authorized.
-fn append(name: &str, application: &Application, events: &[NewEvent]) -> Result<Vec<i64>> {
+fn append(application: &Application, events: &[NewEvent]) -> Result<Vec<i64>> {
     let count = events.len() as i64;
-    let reserved = ids::reserve(name, application, count)?;
+    let name = application.name.as_str();
+    let reserved = ids::reserve(application, count)?;
     insert(name, reserved.first, events)?;
     let last = reserved.first + (count - 1);
     // Concurrent appends are announced by the horizon publisher, once per advance.

@@ -14,13 +14,12 @@
 //! transaction still holding concurrent ids has ended, and switching to concurrent hands out
 //! ids above everything committed (this transaction's own serialized appends included).
 
-use crate::access;
+use crate::catalog;
 use crate::error::{Error, Result};
 use crate::locks;
 use crate::registry::{self, Application, Mode};
 use crate::shared::{self, Enlisted, EntryRef};
 use crate::statements::{self, Snapshot};
-use crate::worker;
 use crate::{notify, subtransaction};
 use pgrx::pg_sys;
 use pgrx::IntoDatum;
@@ -34,40 +33,41 @@ pub struct Reserved {
 
 /// Reserves `count` consecutive ids of `application` for the current transaction; the caller
 /// inserts them before anything else appends.
-pub fn reserve(name: &str, application: &Application, count: i64) -> Result<Reserved> {
+pub fn reserve(application: &Application, count: i64) -> Result<Reserved> {
+    let name = application.name.as_str();
     let Some(shared) = shared::shared() else {
         if application.mode == Mode::Concurrent {
             return Err(not_preloaded(name));
         }
-        locks::append(name, application.id)?;
-        return after_head(name, application, count);
+        locks::append(application)?;
+        return after_head(application, count);
     };
-    let relation = access::events_relation()?;
+    let relation = catalog::events()?;
     let entry = match application.mode {
         Mode::Concurrent => Some(shared.find_or_create(relation, application.id)?),
         Mode::Serialized => shared.find(relation, application.id),
     };
     if let Some(entry) = &entry {
-        ready(name, application, entry)?;
+        ready(application, entry)?;
         if entry.mode() == Mode::Concurrent || entry.held_here()? {
             if let Enlisted::Concurrent = entry.enlist()? {
                 return concurrent(name, entry, count);
             }
         }
     }
-    locks::append(name, application.id)?;
+    locks::append(application)?;
     // Looked up again under the lock: a switch to concurrent may have committed meanwhile.
     let Some(entry) = shared.find(relation, application.id) else {
-        return after_head(name, application, count);
+        return after_head(application, count);
     };
-    ready(name, application, &entry)?;
+    ready(application, &entry)?;
     if entry.mode() == Mode::Concurrent {
         if let Enlisted::Concurrent = entry.enlist()? {
             return concurrent(name, &entry, count);
         }
     }
     wait_until_settled(&entry);
-    let reserved = after_head(name, application, count)?;
+    let reserved = after_head(application, count)?;
     // A switch to concurrent mode by this same transaction hands out ids above these.
     entry.appended_serialized(reserved.first + (count - 1));
     Ok(reserved)
@@ -82,13 +82,14 @@ fn not_preloaded(name: &str) -> Error {
 }
 
 /// Initializes `entry` from the committed state if no one has since the server started.
-pub fn ready(name: &str, application: &Application, entry: &EntryRef) -> Result<()> {
+pub fn ready(application: &Application, entry: &EntryRef) -> Result<()> {
+    let name = application.name.as_str();
     if entry.is_ready() {
         return Ok(());
     }
     // The append lock waits out serialized appends and mode changes in progress; no
     // concurrent append can have begun, as none does before the entry is ready.
-    locks::append(name, application.id)?;
+    locks::append(application)?;
     if !entry.is_ready() {
         let committed = registry::find(name, Snapshot::Latest)?
             .ok_or_else(|| Error::Internal(format!("application \"{name}\" is not registered")))?;
@@ -102,7 +103,7 @@ pub fn ready(name: &str, application: &Application, entry: &EntryRef) -> Result<
     }
     // Held only for the initialization (this hold; one taken before stays): concurrent
     // writers do not keep it to their commit.
-    locks::release_append(application.id);
+    locks::release_append(application);
     Ok(())
 }
 
@@ -110,7 +111,7 @@ fn concurrent(name: &str, entry: &EntryRef, count: i64) -> Result<Reserved> {
     let first = entry
         .take(count)
         .ok_or_else(|| Error::IdsExhausted(name.to_string()))?;
-    worker::ensure_running()?;
+    shared::ensure_publisher()?;
     Ok(Reserved {
         first,
         mode: Mode::Concurrent,
@@ -118,15 +119,16 @@ fn concurrent(name: &str, entry: &EntryRef, count: i64) -> Result<Reserved> {
 }
 
 /// The serialized strategy's ids, under the append lock: right after the highest committed.
-fn after_head(name: &str, application: &Application, count: i64) -> Result<Reserved> {
+fn after_head(application: &Application, count: i64) -> Result<Reserved> {
+    let name = application.name.as_str();
     let head = head(name)?.unwrap_or(0);
     if application.published_horizon.is_some() {
         if notify::NOTIFY.get() || shared::shared().is_none() {
-            clear_published_horizon(name, application.id, head)?;
+            clear_published_horizon(application, head)?;
         } else {
             // This append does not notify: the publisher takes the horizon back and
             // announces what it held back.
-            worker::ensure_running()?;
+            shared::ensure_publisher()?;
         }
     }
     head.checked_add(count)
@@ -140,11 +142,12 @@ fn after_head(name: &str, application: &Application, count: i64) -> Result<Reser
 /// Standbys no longer need a horizon for the application: nothing is in flight. Ids up to
 /// `head` above the horizon published were concurrent ones whose announcement may not have
 /// been sent yet: they are announced with this append.
-fn clear_published_horizon(name: &str, id: i32, head: i64) -> Result<()> {
+fn clear_published_horizon(application: &Application, head: i64) -> Result<()> {
+    let name = application.name.as_str();
     let cleared = subtransaction::again_on_conflict(|| {
         statements::first(
             &statements::CLEAR_HORIZON,
-            &[id.into_datum()],
+            &[application.id.datum()],
             Snapshot::Latest,
             |row| row.get::<i64>(1),
         )

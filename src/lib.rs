@@ -14,6 +14,7 @@ use pgrx::prelude::*;
 mod access;
 mod admin;
 mod append;
+mod catalog;
 mod error;
 mod ids;
 mod input;

@@ -11,6 +11,7 @@
 //! SAVEPOINT`), which keeps the extension safe behind transaction-pooling connection poolers.
 
 use crate::error::{reword_wait, Result};
+use crate::registry::{Application, ApplicationId};
 use pgrx::pg_sys;
 use pgrx::prelude::*;
 
@@ -34,12 +35,17 @@ fn lock_kinds() -> TableIterator<'static, (name!(kind, &'static str), name!(objs
     TableIterator::new([("append", APPEND_LOCK_KIND), ("claim", CLAIM_LOCK_KIND)])
 }
 
-fn lock_tag(kind: LockKind, first: i32, second: i32) -> pg_sys::LOCKTAG {
+fn lock_tag(
+    kind: LockKind,
+    first: ApplicationId,
+    second: Option<ApplicationId>,
+) -> pg_sys::LOCKTAG {
     pg_sys::LOCKTAG {
         // SAFETY: MyDatabaseId is set once at backend start and read-only afterwards.
         locktag_field1: unsafe { pg_sys::MyDatabaseId }.to_u32(),
-        locktag_field2: first as u32,
-        locktag_field3: second as u32,
+        locktag_field2: first.0 as u32,
+        // 0 for an application's own locks: registry ids start at 1.
+        locktag_field3: second.map_or(0, |second| second.0 as u32),
         locktag_field4: kind as u16,
         locktag_type: pg_sys::LockTagType::LOCKTAG_ADVISORY as u8,
         locktag_lockmethodid: pg_sys::USER_LOCKMETHOD as u8,
@@ -52,8 +58,8 @@ fn lock_tag(kind: LockKind, first: i32, second: i32) -> pg_sys::LOCKTAG {
 /// transaction holds the lock.
 pub fn acquire(
     kind: LockKind,
-    first: i32,
-    second: i32,
+    first: ApplicationId,
+    second: Option<ApplicationId>,
     wait: bool,
     describe: impl Fn() -> String + std::panic::RefUnwindSafe,
 ) -> Result<bool> {
@@ -100,17 +106,17 @@ impl Drop for TopTransactionOwner {
 }
 
 /// Releases one hold of the append lock of application `id` taken by [`append`].
-pub fn release_append(id: i32) {
-    let tag = lock_tag(LockKind::Append, id, 0);
+pub fn release_append(application: &Application) {
+    let tag = lock_tag(LockKind::Append, application.id, None);
     let _top = TopTransactionOwner::switch();
     // SAFETY: releases a hold this transaction took with the top transaction's owner.
     unsafe { pg_sys::LockRelease(&tag, pg_sys::ExclusiveLock as pg_sys::LOCKMODE, false) };
 }
 
 /// The append lock of `application` (id `id`), waited for.
-pub fn append(application: &str, id: i32) -> Result<()> {
-    acquire(LockKind::Append, id, 0, true, || {
-        format!("the append lock of application \"{application}\"")
+pub fn append(application: &Application) -> Result<()> {
+    acquire(LockKind::Append, application.id, None, true, || {
+        format!("the append lock of application \"{}\"", application.name)
     })?;
     Ok(())
 }

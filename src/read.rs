@@ -4,10 +4,10 @@
 //! Every read runs with the caller's snapshot, assigns no transaction id, works in parallel
 //! plans and on a standby.
 
-use crate::access;
+use crate::catalog;
 use crate::error::{Error, Result};
 use crate::input;
-use crate::registry;
+use crate::registry::{self, ApplicationId};
 use crate::shared;
 use crate::statements::{self, Snapshot};
 use pgrx::pg_sys::panic::ErrorReport;
@@ -185,7 +185,7 @@ fn application_name_of(application_id: Option<i32>) -> Result<Option<String>, Er
     let Some(id) = application_id else {
         return Ok(None);
     };
-    if !access::may_select(c"application_registry") && !access::may_select(c"locks") {
+    if !catalog::may_select(c"application_registry") && !catalog::may_select(c"locks") {
         return Err(Error::PermissionDenied(
             "permission denied to read application names: SELECT on \
              biomero.application_registry or biomero.locks is needed"
@@ -193,7 +193,7 @@ fn application_name_of(application_id: Option<i32>) -> Result<Option<String>, Er
         )
         .into());
     }
-    Ok(registry::name_including_uncommitted(id)?)
+    Ok(registry::name_including_uncommitted(ApplicationId(id))?)
 }
 
 /// Transactions holding concurrent ids not yet committed, in this database: which application,
@@ -217,30 +217,33 @@ fn in_flight_appends() -> Result<
     let Some(shared) = shared::shared() else {
         return Ok(TableIterator::new(Vec::new()));
     };
-    let registrations = shared.registrations(access::events_relation()?);
+    let holders = shared.holders_of(catalog::events()?);
     let rows = statements::connected(|| {
-        let ids: Vec<i32> = registrations.iter().map(|row| row.0).collect();
-        let mut names = registry::names(ids, Snapshot::Caller)?;
+        let ids: Vec<ApplicationId> = holders.iter().map(|holder| holder.application).collect();
+        let mut names = registry::names(&ids, Snapshot::Caller)?;
         // A transaction can append to a name it registered itself and not committed yet.
-        for (id, ..) in &registrations {
-            if !names.contains_key(id) {
-                if let Some(name) = registry::name_including_uncommitted(*id)? {
-                    names.insert(*id, name);
+        for id in ids {
+            if let std::collections::hash_map::Entry::Vacant(vacant) = names.entry(id) {
+                if let Some(name) = registry::name_including_uncommitted(id)? {
+                    vacant.insert(name);
                 }
             }
         }
-        Ok(registrations
+        Ok(holders
             .iter()
-            .map(|(id, pid, started, lowest)| {
+            .map(|holder| {
                 (
-                    names.get(id).cloned(),
-                    *pid,
+                    names.get(&holder.application).cloned(),
+                    holder.pid,
                     // SAFETY: a PostgreSQL timestamp read from shared memory.
                     unsafe {
-                        TimestampWithTimeZone::from_datum(pg_sys::Datum::from(*started), false)
+                        TimestampWithTimeZone::from_datum(
+                            pg_sys::Datum::from(holder.started),
+                            false,
+                        )
                     }
                     .expect("a timestamp datum"),
-                    *lowest,
+                    holder.lowest,
                 )
             })
             .collect::<Vec<_>>())

@@ -6,6 +6,7 @@
 //! share a lock. Followers and upstreams are applications too: a claim is keyed by the pair of
 //! ids. Writers register names on first use; readers only look them up.
 
+use crate::catalog;
 use crate::error::{reword_wait, Error, Result};
 use crate::statements::{self, Snapshot};
 use crate::subtransaction;
@@ -37,9 +38,21 @@ impl Mode {
     }
 }
 
+/// An application's registry id: what its locks and shared memory are keyed by.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct ApplicationId(pub i32);
+
+impl ApplicationId {
+    pub fn datum(self) -> Option<pg_sys::Datum> {
+        self.0.into_datum()
+    }
+}
+
+/// An application's registry row.
 #[derive(Clone, Debug)]
 pub struct Application {
-    pub id: i32,
+    pub id: ApplicationId,
+    pub name: String,
     /// The mode as committed in the registry; shared memory has the live one.
     pub mode: Mode,
     pub restricted_to: Option<Oid>,
@@ -112,7 +125,7 @@ unsafe extern "C-unwind" fn on_subtransaction_end(
 }
 
 fn remember(name: &str, application: &Application) {
-    if let Ok(registry) = crate::access::registry_relation() {
+    if let Ok(registry) = catalog::registry() {
         CACHED_REGISTRY.with(|cached| cached.set(registry));
         CACHE.with(|cache| {
             cache
@@ -138,7 +151,7 @@ pub fn forget_published_horizon(name: &str) {
 /// Makes every backend read the registry again at its next transaction start, once the
 /// calling transaction commits: after a change of mode or restriction.
 pub fn invalidate_everywhere() -> Result<()> {
-    let registry = crate::access::registry_relation()?;
+    let registry = catalog::registry()?;
     // SAFETY: queues a relcache invalidation, sent to the other backends at commit; the
     // command counter increment applies it to this backend now (a backend applies its own
     // invalidations at the end of each command, not when it commits).
@@ -171,9 +184,11 @@ pub fn find(name: &str, snapshot: Snapshot) -> Result<Option<Application>> {
         |row| -> Result<Application> {
             let mode: String = row.get(2).unwrap_or_default();
             Ok(Application {
-                id: row
-                    .get::<i32>(1)
-                    .ok_or_else(|| Error::Internal("application_id is NULL".into()))?,
+                id: ApplicationId(
+                    row.get::<i32>(1)
+                        .ok_or_else(|| Error::Internal("application_id is NULL".into()))?,
+                ),
+                name: name.to_string(),
                 mode: Mode::parse(&mode)
                     .ok_or_else(|| Error::Internal(format!("unknown append mode {mode:?}")))?,
                 restricted_to: row.get::<Oid>(3),
@@ -185,7 +200,8 @@ pub fn find(name: &str, snapshot: Snapshot) -> Result<Option<Application>> {
 }
 
 /// The names of the registry ids `ids` (those found), read with `snapshot`.
-pub fn names(ids: Vec<i32>, snapshot: Snapshot) -> Result<HashMap<i32, String>> {
+pub fn names(ids: &[ApplicationId], snapshot: Snapshot) -> Result<HashMap<ApplicationId, String>> {
+    let ids: Vec<i32> = ids.iter().map(|id| id.0).collect();
     let (_, rows) = statements::execute(
         &statements::APPLICATION_NAMES,
         &[ids.into_datum()],
@@ -194,7 +210,7 @@ pub fn names(ids: Vec<i32>, snapshot: Snapshot) -> Result<HashMap<i32, String>> 
     )?;
     Ok(rows
         .into_iter()
-        .filter_map(|(id, name)| Some((id?, name?)))
+        .filter_map(|(id, name)| Some((ApplicationId(id?), name?)))
         .collect())
 }
 
@@ -263,9 +279,9 @@ fn registered(name: &str) -> Result<Application> {
 /// The name of registry id `id`, also when the transaction registering it has not committed
 /// yet (a dirty read of the registry: the operator views name the locks such a transaction
 /// holds). None when no such row exists or its registration was rolled back.
-pub fn name_including_uncommitted(id: i32) -> Result<Option<String>> {
-    let registry = crate::access::registry_relation()?;
-    let index = crate::access::registry_key_index()?;
+pub fn name_including_uncommitted(id: ApplicationId) -> Result<Option<String>> {
+    let registry = catalog::registry()?;
+    let index = catalog::registry_key()?;
     // SAFETY: an index scan of the registry in the caller's transaction, with the lock a
     // reader takes; the tuple is read before the scan ends, and the relation is closed.
     unsafe {
@@ -278,7 +294,7 @@ pub fn name_including_uncommitted(id: i32) -> Result<Option<String>> {
             1, // application_id
             pg_sys::BTEqualStrategyNumber as u16,
             pg_sys::RegProcedure::from(pg_sys::F_INT4EQ),
-            pg_sys::Datum::from(id),
+            pg_sys::Datum::from(id.0),
         );
         let scan = pg_sys::systable_beginscan(relation, index, true, &mut snapshot, 1, &mut key);
         let tuple = pg_sys::systable_getnext(scan);

@@ -122,7 +122,7 @@ fn record_tracking(
     let _owner = access::as_owner("biomero.record_tracking")?;
     Ok(statements::connected(|| {
         let registered = registry::register(follower)?;
-        caller.authorize(&registered, follower, Action::RecordPosition)?;
+        caller.authorize(&registered, Action::RecordPosition)?;
         advance(&position)
     })?)
 }
@@ -161,9 +161,13 @@ fn take_claim(follower: &str, upstream: &str, wait: bool) -> Result<Option<i64>>
             _ => return Ok(None),
         }
     };
-    let taken = locks::acquire(LockKind::Claim, follower_id, upstream_id, wait, || {
-        format!("the claim of follower \"{follower}\" on upstream \"{upstream}\"")
-    })?;
+    let taken = locks::acquire(
+        LockKind::Claim,
+        follower_id,
+        Some(upstream_id),
+        wait,
+        || format!("the claim of follower \"{follower}\" on upstream \"{upstream}\""),
+    )?;
     if !taken {
         return Ok(None);
     }
@@ -196,7 +200,7 @@ fn claim(
     let _owner = access::as_owner("biomero.claim")?;
     Ok(statements::connected(|| {
         if let Some(registered) = registry::find_latest(follower)? {
-            caller.authorize(&registered, follower, Action::Claim)?;
+            caller.authorize(&registered, Action::Claim)?;
         }
         take_claim(follower, upstream, wait)
     })?)
@@ -225,7 +229,7 @@ fn reset_position(
         // A restricted follower's position is moved by members of its role only, as it is
         // recorded by them only.
         if let Some(registered) = registry::find_latest(follower)? {
-            caller.authorize(&registered, follower, Action::RecordPosition)?;
+            caller.authorize(&registered, Action::RecordPosition)?;
         }
         let previous = take_claim(follower, upstream, true)?.filter(|&position| position > 0);
         let arguments = [follower.into_datum(), upstream.into_datum()];
