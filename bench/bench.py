@@ -33,6 +33,23 @@ from pathlib import Path
 
 import psycopg2
 
+from variants import (
+    BATCH_CONCURRENT,
+    BATCH_SERIALIZED,
+    CLAIM,
+    CONCURRENT,
+    LOCK,
+    LOCK_QUIET,
+    NAIVE,
+    SERIALIZED,
+    SERIALIZED_QUIET,
+    UNORDERED,
+    WAKE_CONCURRENT,
+    WAKE_SERIALIZED,
+    plain_select,
+    select_notifications,
+)
+
 TOPIC = "biomero.eventsourcing:Task.StatusUpdated"
 # A BIOMERO-sized event state: JSON of a StatusUpdated event, stored as bytea.
 STATE_JSON = (
@@ -262,9 +279,24 @@ class Pgbench:
         # before its first run, and a client waiting there to prepare the INSERT into a table
         # another client has locked would stall that client when they share a thread.
         command = [
-            self.executable, "-n", "-M", "prepared", "-c", str(clients), "-j", str(clients),
-            "-T", str(max(1, int(round(seconds)))), "-D", f"topic={TOPIC}",
-            "-D", f"state={STATE_HEX}", "--log", f"--log-prefix={prefix}", "-f", str(script),
+            self.executable,
+            "-n",
+            "-M",
+            "prepared",
+            "-c",
+            str(clients),
+            "-j",
+            str(clients),
+            "-T",
+            str(max(1, int(round(seconds)))),
+            "-D",
+            f"topic={TOPIC}",
+            "-D",
+            f"state={STATE_HEX}",
+            "--log",
+            f"--log-prefix={prefix}",
+            "-f",
+            str(script),
             self.url,
         ]
         env = dict(os.environ)
@@ -286,8 +318,9 @@ class Pgbench:
         processed = re.search(r"number of transactions actually processed: (\d+)", output)
         tps = re.search(r"tps = ([\d.]+) \(without initial connection time\)", output)
         if completed.returncode != 0 or not processed or not tps:
-            message = " | ".join(
-                line for line in output.splitlines() if "error" in line.lower())[:500]
+            message = " | ".join(line for line in output.splitlines() if "error" in line.lower())[
+                :500
+            ]
             point.failures.append(message or f"pgbench exit {completed.returncode}")
             point.errors += 1
             log(f"  pgbench failed for {point.group}/{point.variant}/{clients}: {message}")
@@ -305,8 +338,10 @@ def measure(pgbench, variants, clients, config, group, seconds=None):
     """
     seconds = seconds or config.seconds
     per_round = seconds / config.rounds
-    points = [Point(group, name, clients, per_tx, **extra)
-              for name, _script, per_tx, _options, extra in variants]
+    points = [
+        Point(group, name, clients, per_tx, **extra)
+        for name, _script, per_tx, _options, extra in variants
+    ]
     order = list(range(len(variants)))
     for round_index in range(config.rounds):
         sequence = order if round_index % 2 == 0 else list(reversed(order))
@@ -315,9 +350,11 @@ def measure(pgbench, variants, clients, config, group, seconds=None):
             pgbench.run(points[index], script, per_round, options)
     rows = [point.result() for point in points]
     for row in rows:
-        log(f"  {group:9} {row['variant']:36} c={clients:<3} {row['events_per_s']:>10.1f} ev/s"
+        log(
+            f"  {group:9} {row['variant']:36} c={clients:<3} {row['events_per_s']:>10.1f} ev/s"
             f"  p50 {row['p50_ms']} ms  p99 {row['p99_ms']} ms"
-            + (f"  errors {row['errors']}" if row["errors"] else ""))
+            + (f"  errors {row['errors']}" if row["errors"] else "")
+        )
     return rows
 
 
@@ -348,15 +385,21 @@ def concurrent_app(i):
 
 def record_events_sql(application, size):
     """record_event for one event, record_events for a batch (arrays built server-side)."""
+
     def body(i):
         if size == 1:
-            return (f"SELECT biomero.record_event('{application(i)}', gen_random_uuid(), 0,"
-                    " :topic::text, :state::bytea);")
-        return (f"SELECT biomero.record_events('{application(i)}',"
-                f" ARRAY(SELECT gen_random_uuid() FROM generate_series(1, {size})),"
-                f" array_fill(0::bigint, ARRAY[{size}]),"
-                f" array_fill(:topic::text, ARRAY[{size}]),"
-                f" array_fill(:state::bytea, ARRAY[{size}]));")
+            return (
+                f"SELECT biomero.record_event('{application(i)}', gen_random_uuid(), 0,"
+                " :topic::text, :state::bytea);"
+            )
+        return (
+            f"SELECT biomero.record_events('{application(i)}',"
+            f" ARRAY(SELECT gen_random_uuid() FROM generate_series(1, {size})),"
+            f" array_fill(0::bigint, ARRAY[{size}]),"
+            f" array_fill(:topic::text, ARRAY[{size}]),"
+            f" array_fill(:state::bytea, ARRAY[{size}]));"
+        )
+
     return body
 
 
@@ -366,55 +409,70 @@ def eventsourcing_sql(size, notify=True):
     LOCK TABLE … IN EXCLUSIVE MODE, NOTIFY <table>, the INSERT of an array of its composite
     type RETURNING notification_id, and a sync; then COMMIT. With notify=False the same
     without the NOTIFY, to show what NOTIFY costs."""
+
     def body(i):
         table = f"lock_{serialized_app(i)}_events"
         row = "ROW(gen_random_uuid(), 0, :topic::text, :state::bytea)::stored_event_uuid"
-        events = (f"ARRAY[{row}]" if size == 1
-                  else f"ARRAY(SELECT {row} FROM generate_series(1, {size}))")
-        return "\n".join([
-            "\\startpipeline",
-            "BEGIN;",
-            "SET LOCAL lock_timeout = '0s';",
-            f"LOCK TABLE {table} IN EXCLUSIVE MODE;",
-            *([f"NOTIFY {table};"] if notify else []),
-            f"INSERT INTO {table} AS t (originator_id, originator_version, topic, state)"
-            f" SELECT originator_id, originator_version, topic, state FROM unnest({events})"
-            " RETURNING notification_id;",
-            "\\endpipeline",
-            "COMMIT;",
-        ])
+        events = (
+            f"ARRAY[{row}]" if size == 1 else f"ARRAY(SELECT {row} FROM generate_series(1, {size}))"
+        )
+        return "\n".join(
+            [
+                "\\startpipeline",
+                "BEGIN;",
+                "SET LOCAL lock_timeout = '0s';",
+                f"LOCK TABLE {table} IN EXCLUSIVE MODE;",
+                *([f"NOTIFY {table};"] if notify else []),
+                f"INSERT INTO {table} AS t (originator_id, originator_version, topic, state)"
+                f" SELECT originator_id, originator_version, topic, state FROM unnest({events})"
+                " RETURNING notification_id;",
+                "\\endpipeline",
+                "COMMIT;",
+            ]
+        )
+
     return body
 
 
 def unordered_sql(size):
     """The same table's INSERT alone: no lock, no NOTIFY, no order for readers."""
+
     def body(i):
         table = f"free_{serialized_app(i)}_events"
-        rows = (" VALUES (gen_random_uuid(), 0, :topic::text, :state::bytea)" if size == 1
-                else " SELECT gen_random_uuid(), 0, :topic::text, :state::bytea"
-                     f" FROM generate_series(1, {size})")
-        return (f"INSERT INTO {table} (originator_id, originator_version, topic, state)"
-                + rows + " RETURNING notification_id;")
+        rows = (
+            " VALUES (gen_random_uuid(), 0, :topic::text, :state::bytea)"
+            if size == 1
+            else " SELECT gen_random_uuid(), 0, :topic::text, :state::bytea"
+            f" FROM generate_series(1, {size})"
+        )
+        return (
+            f"INSERT INTO {table} (originator_id, originator_version, topic, state)"
+            + rows
+            + " RETURNING notification_id;"
+        )
+
     return body
 
 
 def reset_append_tables(db):
     for i in range(APPS):
         db.run(f"TRUNCATE lock_{serialized_app(i)}_events, free_{serialized_app(i)}_events")
-    db.run("DELETE FROM biomero.events WHERE application_name LIKE 'app%'"
-           " OR application_name LIKE 'conc%'")
+    db.run(
+        "DELETE FROM biomero.events WHERE application_name LIKE 'app%'"
+        " OR application_name LIKE 'conc%'"
+    )
     settle(db)
 
 
 # Variant names, shared with report.py.
-SERIALIZED = "record_event serialized"
-SERIALIZED_QUIET = "record_event serialized notify=off"
-CONCURRENT = "record_event concurrent"
-BATCH_SERIALIZED = "record_events serialized"
-BATCH_CONCURRENT = "record_events concurrent"
-LOCK = "LOCK TABLE + NOTIFY + INSERT"
-LOCK_QUIET = "LOCK TABLE + INSERT, no NOTIFY"
-UNORDERED = "unordered INSERT"
+SERIALIZED = SERIALIZED
+SERIALIZED_QUIET = SERIALIZED_QUIET
+CONCURRENT = CONCURRENT
+BATCH_SERIALIZED = BATCH_SERIALIZED
+BATCH_CONCURRENT = BATCH_CONCURRENT
+LOCK = LOCK
+LOCK_QUIET = LOCK_QUIET
+UNORDERED = UNORDERED
 
 
 # --------------------------------------------------------------------------------------------
@@ -435,21 +493,38 @@ def scenario_appends(db, pgbench, config, results):
         if not config.wants(group):
             continue
         log(f"single-event appends, {apps} application(s)")
-        serialized = pgbench.script(f"{group}_serialized",
-                                    per_app(apps, record_events_sql(serialized_app, 1)))
+        serialized = pgbench.script(
+            f"{group}_serialized", per_app(apps, record_events_sql(serialized_app, 1))
+        )
         variants = [
             (SERIALIZED, serialized, 1, "", {"notify": "on"}),
             (SERIALIZED_QUIET, serialized, 1, "-c biomero.notify=off", {"notify": "off"}),
-            (CONCURRENT, pgbench.script(f"{group}_concurrent",
-                                        per_app(apps, record_events_sql(concurrent_app, 1))),
-             1, "", {}),
-            (LOCK, pgbench.script(f"{group}_lock", per_app(apps, eventsourcing_sql(1))),
-             1, "", {}),
-            (LOCK_QUIET, pgbench.script(f"{group}_lock_quiet",
-                                        per_app(apps, eventsourcing_sql(1, notify=False))),
-             1, "", {}),
-            (UNORDERED, pgbench.script(f"{group}_unordered", per_app(apps, unordered_sql(1))),
-             1, "", {}),
+            (
+                CONCURRENT,
+                pgbench.script(
+                    f"{group}_concurrent", per_app(apps, record_events_sql(concurrent_app, 1))
+                ),
+                1,
+                "",
+                {},
+            ),
+            (LOCK, pgbench.script(f"{group}_lock", per_app(apps, eventsourcing_sql(1))), 1, "", {}),
+            (
+                LOCK_QUIET,
+                pgbench.script(
+                    f"{group}_lock_quiet", per_app(apps, eventsourcing_sql(1, notify=False))
+                ),
+                1,
+                "",
+                {},
+            ),
+            (
+                UNORDERED,
+                pgbench.script(f"{group}_unordered", per_app(apps, unordered_sql(1))),
+                1,
+                "",
+                {},
+            ),
         ]
         reset_append_tables(db)
         for clients in config.clients:
@@ -461,16 +536,38 @@ def scenario_appends(db, pgbench, config, results):
             continue
         log(f"batch appends of {size} events, 1 application")
         variants = [
-            (BATCH_SERIALIZED, pgbench.script(f"{group}_serialized",
-                                              per_app(1, record_events_sql(serialized_app, size))),
-             size, "", {}),
-            (BATCH_CONCURRENT, pgbench.script(f"{group}_concurrent",
-                                              per_app(1, record_events_sql(concurrent_app, size))),
-             size, "", {}),
-            (LOCK, pgbench.script(f"{group}_lock", per_app(1, eventsourcing_sql(size))),
-             size, "", {}),
-            (UNORDERED, pgbench.script(f"{group}_unordered", per_app(1, unordered_sql(size))),
-             size, "", {}),
+            (
+                BATCH_SERIALIZED,
+                pgbench.script(
+                    f"{group}_serialized", per_app(1, record_events_sql(serialized_app, size))
+                ),
+                size,
+                "",
+                {},
+            ),
+            (
+                BATCH_CONCURRENT,
+                pgbench.script(
+                    f"{group}_concurrent", per_app(1, record_events_sql(concurrent_app, size))
+                ),
+                size,
+                "",
+                {},
+            ),
+            (
+                LOCK,
+                pgbench.script(f"{group}_lock", per_app(1, eventsourcing_sql(size))),
+                size,
+                "",
+                {},
+            ),
+            (
+                UNORDERED,
+                pgbench.script(f"{group}_unordered", per_app(1, unordered_sql(size))),
+                size,
+                "",
+                {},
+            ),
         ]
         reset_append_tables(db)
         for clients in config.batch_clients[size]:
@@ -512,8 +609,10 @@ def probe_worker(url, application, seconds, barrier, queue):
     barrier.wait()
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:
-        cur.execute("SELECT biomero.record_event(%s, gen_random_uuid(), 0, %s, %s)",
-                    (application, TOPIC, state))
+        cur.execute(
+            "SELECT biomero.record_event(%s, gen_random_uuid(), 0, %s, %s)",
+            (application, TOPIC, state),
+        )
         notification_id = cur.fetchone()[0]
         commits.append((notification_id, time.monotonic()))
     conn.close()
@@ -543,11 +642,13 @@ def run_wakeup_round(url, pgbench, point, script, application, seconds, wake):
     barrier = context.Barrier(LISTENERS + 2)
     stop = context.Event()
     queue = context.Queue()
-    workers = [context.Process(target=listener_worker,
-                               args=(url, application, barrier, stop, queue))
-               for _ in range(LISTENERS)]
-    workers.append(context.Process(target=probe_worker,
-                                   args=(url, application, seconds, barrier, queue)))
+    workers = [
+        context.Process(target=listener_worker, args=(url, application, barrier, stop, queue))
+        for _ in range(LISTENERS)
+    ]
+    workers.append(
+        context.Process(target=probe_worker, args=(url, application, seconds, barrier, queue))
+    )
     for worker in workers:
         worker.start()
     barrier.wait()
@@ -574,44 +675,59 @@ def scenario_wakeup(db, url, pgbench, config, results):
     if not config.wants("wakeup"):
         return
     log(f"wake-up latency: {WAKEUP_WRITERS} writers to 1 application, {LISTENERS} listeners")
-    modes = [("serialized (the writer's NOTIFY)", serialized_app),
-             ("concurrent (the horizon publisher's NOTIFY)", concurrent_app)]
+    modes = [
+        (WAKE_SERIALIZED, serialized_app),
+        (WAKE_CONCURRENT, concurrent_app),
+    ]
     points = {}
     wakes = {}
     scripts = {}
     for variant, application in modes:
         # pgbench runs all writers but the probe.
-        points[variant] = Point("wakeup", variant, WAKEUP_WRITERS - 1, 1,
-                                writers=WAKEUP_WRITERS, listeners=LISTENERS)
+        points[variant] = Point(
+            "wakeup", variant, WAKEUP_WRITERS - 1, 1, writers=WAKEUP_WRITERS, listeners=LISTENERS
+        )
         wakes[variant] = {"latencies": [], "missed": 0, "notifications": 0, "probe_appends": 0}
-        scripts[variant] = pgbench.script(f"wakeup_{application(0)}",
-                                          per_app(1, record_events_sql(application, 1)))
+        scripts[variant] = pgbench.script(
+            f"wakeup_{application(0)}", per_app(1, record_events_sql(application, 1))
+        )
     reset_append_tables(db)
     order = list(range(len(modes)))
     for round_index in range(config.rounds):
         sequence = order if round_index % 2 == 0 else list(reversed(order))
         for index in sequence:
             variant, application = modes[index]
-            run_wakeup_round(url, pgbench, points[variant], scripts[variant], application(0),
-                             config.seconds / config.rounds, wakes[variant])
+            run_wakeup_round(
+                url,
+                pgbench,
+                points[variant],
+                scripts[variant],
+                application(0),
+                config.seconds / config.rounds,
+                wakes[variant],
+            )
     for variant, _application in modes:
         point = points[variant]
         wake = wakes[variant]
         values = sorted(wake["latencies"])
-        point.extra.update({
-            "wake_p50_ms": round(percentile(values, 0.50) * 1000, 3) if values else None,
-            "wake_p99_ms": round(percentile(values, 0.99) * 1000, 3) if values else None,
-            "wake_max_ms": round(values[-1] * 1000, 3) if values else None,
-            "wake_samples": len(values),
-            "wake_missed": wake["missed"],
-            "notifications_per_listener": wake["notifications"] // LISTENERS,
-            "probe_appends": wake["probe_appends"],
-        })
+        point.extra.update(
+            {
+                "wake_p50_ms": round(percentile(values, 0.50) * 1000, 3) if values else None,
+                "wake_p99_ms": round(percentile(values, 0.99) * 1000, 3) if values else None,
+                "wake_max_ms": round(values[-1] * 1000, 3) if values else None,
+                "wake_samples": len(values),
+                "wake_missed": wake["missed"],
+                "notifications_per_listener": wake["notifications"] // LISTENERS,
+                "probe_appends": wake["probe_appends"],
+            }
+        )
         row = point.result()
         results["points"].append(row)
-        log(f"  wakeup    {variant:44} writers {row['events_per_s']:>8.1f} ev/s"
+        log(
+            f"  wakeup    {variant:44} writers {row['events_per_s']:>8.1f} ev/s"
             f"  wake-up p50 {row['wake_p50_ms']} ms  p99 {row['wake_p99_ms']} ms"
-            f"  samples {row['wake_samples']}  missed {row['wake_missed']}")
+            f"  samples {row['wake_samples']}  missed {row['wake_missed']}"
+        )
     reset_append_tables(db)
 
 
@@ -630,23 +746,38 @@ def scenario_reads(db, pgbench, config, results):
     # Switched after the load, so that its counter starts above the loaded ids; one append
     # of its own, so that its reads take the shared-memory path of a live application.
     db.run("SELECT biomero.set_append_mode('reader_conc', 'concurrent')")
-    db.run("SELECT biomero.record_event('reader_conc', gen_random_uuid(), 0, %s, %s)",
-           (TOPIC, psycopg2.Binary(STATE_JSON.encode())))
+    db.run(
+        "SELECT biomero.record_event('reader_conc', gen_random_uuid(), 0, %s, %s)",
+        (TOPIC, psycopg2.Binary(STATE_JSON.encode())),
+    )
     settle(db, ["biomero.events"])
     setter = f"\\set start random(1, {count - 1000})\n"
     variants = []
     for mode, application in readers:
         variants += [
-            (f"select_notifications ({mode})", pgbench.script(
-                f"read_select_notifications_{mode}",
-                setter + f"SELECT * FROM biomero.select_notifications('{application}',"
-                " :start, 1000);\n"), 1000, "", {"mode": mode}),
-            (f"plain SELECT ({mode})", pgbench.script(
-                f"read_plain_{mode}",
-                setter + "SELECT notification_id, originator_id, originator_version, topic,"
-                f" state FROM biomero.events WHERE application_name = '{application}'"
-                " AND notification_id >= :start ORDER BY notification_id LIMIT 1000;\n"),
-             1000, "", {"mode": mode}),
+            (
+                select_notifications(mode),
+                pgbench.script(
+                    f"read_select_notifications_{mode}",
+                    setter + f"SELECT * FROM biomero.select_notifications('{application}',"
+                    " :start, 1000);\n",
+                ),
+                1000,
+                "",
+                {"mode": mode},
+            ),
+            (
+                plain_select(mode),
+                pgbench.script(
+                    f"read_plain_{mode}",
+                    setter + "SELECT notification_id, originator_id, originator_version, topic,"
+                    f" state FROM biomero.events WHERE application_name = '{application}'"
+                    " AND notification_id >= :start ORDER BY notification_id LIMIT 1000;\n",
+                ),
+                1000,
+                "",
+                {"mode": mode},
+            ),
         ]
     for clients in config.read_clients:
         results["points"].extend(measure(pgbench, variants, clients, config, "read"))
@@ -677,15 +808,21 @@ def follower_worker(url, kind, seconds, barrier, queue):
                 position = cur.fetchone()[0]
                 cur.execute(
                     "SELECT notification_id, topic, state FROM biomero.select_notifications("
-                    "%s, %s, 1, inclusive_of_start => false)", (UPSTREAM, position))
+                    "%s, %s, 1, inclusive_of_start => false)",
+                    (UPSTREAM, position),
+                )
             else:
                 cur.execute(
                     "SELECT coalesce(max(notification_id), 0) FROM naive_tracking"
-                    " WHERE application_name = %s", (UPSTREAM,))
+                    " WHERE application_name = %s",
+                    (UPSTREAM,),
+                )
                 position = cur.fetchone()[0]
                 cur.execute(
                     "SELECT notification_id, topic, state FROM naive_upstream_events"
-                    " WHERE notification_id > %s ORDER BY notification_id LIMIT 1", (position,))
+                    " WHERE notification_id > %s ORDER BY notification_id LIMIT 1",
+                    (position,),
+                )
             row = cur.fetchone()
             if row is None:
                 conn.rollback()
@@ -694,13 +831,19 @@ def follower_worker(url, kind, seconds, barrier, queue):
             notification_id, topic, _state = row
             cur.execute(
                 "INSERT INTO read_model (follower, notification_id, topic) VALUES (%s, %s, %s)",
-                (kind, notification_id, topic))
+                (kind, notification_id, topic),
+            )
             if kind == "claim":
-                cur.execute("SELECT biomero.record_tracking(%s, %s, %s)",
-                            (FOLLOWER, UPSTREAM, notification_id))
+                cur.execute(
+                    "SELECT biomero.record_tracking(%s, %s, %s)",
+                    (FOLLOWER, UPSTREAM, notification_id),
+                )
             else:
-                cur.execute("INSERT INTO naive_tracking (application_name, notification_id)"
-                            " VALUES (%s, %s)", (UPSTREAM, notification_id))
+                cur.execute(
+                    "INSERT INTO naive_tracking (application_name, notification_id)"
+                    " VALUES (%s, %s)",
+                    (UPSTREAM, notification_id),
+                )
             conn.commit()
             processed += 1
             latencies.append(int((time.perf_counter() - started) * 1_000_000))
@@ -719,9 +862,10 @@ def run_follower_point(url, kind, processes, seconds, point):
     context = multiprocessing.get_context("fork")
     barrier = context.Barrier(processes + 1)
     queue = context.Queue()
-    workers = [context.Process(target=follower_worker,
-                               args=(url, kind, seconds, barrier, queue))
-               for _ in range(processes)]
+    workers = [
+        context.Process(target=follower_worker, args=(url, kind, seconds, barrier, queue))
+        for _ in range(processes)
+    ]
     for worker in workers:
         worker.start()
     barrier.wait()
@@ -756,39 +900,50 @@ def scenario_followers(db, url, config, results):
     bulk_load_plain(db, "naive_upstream_events", count)
     db.run("DROP TABLE IF EXISTS naive_tracking, read_model")
     # eventsourcing 9.2/9.3's multi-row tracking table.
-    db.run("CREATE TABLE naive_tracking (application_name text NOT NULL,"
-           " notification_id bigint NOT NULL, PRIMARY KEY (application_name, notification_id))")
-    db.run("CREATE TABLE read_model (id bigserial PRIMARY KEY, follower text NOT NULL,"
-           " notification_id bigint NOT NULL, topic text NOT NULL,"
-           " processed_at timestamptz NOT NULL DEFAULT clock_timestamp())")
+    db.run(
+        "CREATE TABLE naive_tracking (application_name text NOT NULL,"
+        " notification_id bigint NOT NULL, PRIMARY KEY (application_name, notification_id))"
+    )
+    db.run(
+        "CREATE TABLE read_model (id bigserial PRIMARY KEY, follower text NOT NULL,"
+        " notification_id bigint NOT NULL, topic text NOT NULL,"
+        " processed_at timestamptz NOT NULL DEFAULT clock_timestamp())"
+    )
     settle(db)
     for processes in config.follower_processes:
-        points = {"claim": Point("follower", "claim loop (biomero)", processes, 1),
-                  "naive": Point("follower", "naive loop (max+1, PK)", processes, 1)}
+        points = {
+            "claim": Point("follower", CLAIM, processes, 1),
+            "naive": Point("follower", NAIVE, processes, 1),
+        }
         order = ["claim", "naive"]
         for round_index in range(config.rounds):
             sequence = order if round_index % 2 == 0 else list(reversed(order))
             for kind in sequence:
                 db.run("DELETE FROM biomero.tracking WHERE application_name = %s", (FOLLOWER,))
                 db.run("TRUNCATE naive_tracking, read_model")
-                run_follower_point(url, kind, processes, config.seconds / config.rounds,
-                                   points[kind])
+                run_follower_point(
+                    url, kind, processes, config.seconds / config.rounds, points[kind]
+                )
                 duplicates = db.one(
                     "SELECT count(*) FROM (SELECT notification_id FROM read_model"
-                    " GROUP BY notification_id HAVING count(*) > 1) AS d")
+                    " GROUP BY notification_id HAVING count(*) > 1) AS d"
+                )
                 skipped = db.one(
                     "SELECT coalesce(max(notification_id), 0) - count(DISTINCT notification_id)"
-                    " FROM read_model")
+                    " FROM read_model"
+                )
                 extra = points[kind].extra
                 extra["duplicates"] = extra.get("duplicates", 0) + duplicates
                 extra["skipped"] = extra.get("skipped", 0) + skipped
         for kind in order:
             row = points[kind].result()
             results["points"].append(row)
-            log(f"  follower  {row['variant']:36} p={processes:<3}"
+            log(
+                f"  follower  {row['variant']:36} p={processes:<3}"
                 f" {row['events_per_s']:>10.1f} ev/s"
                 f"  p50 {row['p50_ms']} ms  p99 {row['p99_ms']} ms  errors {row['errors']}"
-                f"  duplicates {row['duplicates']}  skipped {row['skipped']}")
+                f"  duplicates {row['duplicates']}  skipped {row['skipped']}"
+            )
     db.run("DELETE FROM biomero.events WHERE application_name = %s", (UPSTREAM,))
     db.run("DELETE FROM biomero.tracking WHERE application_name = %s", (FOLLOWER,))
     db.run("DROP TABLE IF EXISTS naive_tracking, read_model, naive_upstream_events")
@@ -804,41 +959,63 @@ def scenario_growth(db, pgbench, config, results):
         return
     db.run(events_table_ddl("growth_control_events"))
     append_variants = [
-        ("record_event", pgbench.script(
-            "growth_record_event",
-            f"SELECT biomero.record_event('{GROWN}', gen_random_uuid(), 0, :topic::text,"
-            " :state::bytea);\n"), 1, "", {}),
-        ("control: unordered INSERT", pgbench.script(
-            "growth_control",
-            "INSERT INTO growth_control_events (originator_id, originator_version, topic, state)"
-            " VALUES (gen_random_uuid(), 0, :topic::text, :state::bytea)"
-            " RETURNING notification_id;\n"), 1, "", {}),
+        (
+            "record_event",
+            pgbench.script(
+                "growth_record_event",
+                f"SELECT biomero.record_event('{GROWN}', gen_random_uuid(), 0, :topic::text,"
+                " :state::bytea);\n",
+            ),
+            1,
+            "",
+            {},
+        ),
+        (
+            "control: unordered INSERT",
+            pgbench.script(
+                "growth_control",
+                "INSERT INTO growth_control_events"
+                " (originator_id, originator_version, topic, state)"
+                " VALUES (gen_random_uuid(), 0, :topic::text, :state::bytea)"
+                " RETURNING notification_id;\n",
+            ),
+            1,
+            "",
+            {},
+        ),
     ]
     loaded = 0
     for level in config.growth_levels:
-        head = db.one("SELECT coalesce(max(notification_id), 0) FROM biomero.events"
-                      " WHERE application_name = %s", (GROWN,))
+        head = db.one(
+            "SELECT coalesce(max(notification_id), 0) FROM biomero.events"
+            " WHERE application_name = %s",
+            (GROWN,),
+        )
         if level > loaded:
             log(f"growth: bulk-loading {level - loaded:,} events (store of {level:,})")
             started = time.monotonic()
             parallel_load(db.url, GROWN, head + 1, head + level - loaded)
             loaded = level
             results["meta"].setdefault("load_seconds", {})[str(level)] = round(
-                time.monotonic() - started, 1)
+                time.monotonic() - started, 1
+            )
         db.run("TRUNCATE growth_control_events")
         started = time.monotonic()
         settle(db)
-        stored = db.one("SELECT count(*) FROM biomero.events WHERE application_name = %s",
-                        (GROWN,))
+        stored = db.one("SELECT count(*) FROM biomero.events WHERE application_name = %s", (GROWN,))
         size = db.one("SELECT pg_size_pretty(pg_total_relation_size('biomero.events'))")
-        log(f"growth: {stored:,} events stored ({size} with indexes;"
-            f" vacuum+checkpoint {time.monotonic() - started:.0f} s)")
+        log(
+            f"growth: {stored:,} events stored ({size} with indexes;"
+            f" vacuum+checkpoint {time.monotonic() - started:.0f} s)"
+        )
         # A short unmeasured warm-up, then the append latency.
         measure(pgbench, append_variants, 1, config, "warm-up", seconds=2 * config.rounds)
-        rows = measure(pgbench, append_variants, 1, config, "growth",
-                       seconds=config.growth_seconds)
-        head = db.one("SELECT coalesce(max(notification_id), 0) FROM biomero.events"
-                      " WHERE application_name = %s", (GROWN,))
+        rows = measure(pgbench, append_variants, 1, config, "growth", seconds=config.growth_seconds)
+        head = db.one(
+            "SELECT coalesce(max(notification_id), 0) FROM biomero.events"
+            " WHERE application_name = %s",
+            (GROWN,),
+        )
         if head < 2000:
             bulk_load(db, GROWN, head + 1, 2000)
             head = 2000
@@ -847,19 +1024,32 @@ def scenario_growth(db, pgbench, config, results):
         db.run("ANALYZE biomero.events")
         setter = f"\\set start random(1, {head - 1000})\n"
         read_variants = [
-            ("select_notifications page", pgbench.script(
-                f"growth_page_{level}",
-                setter + f"SELECT * FROM biomero.select_notifications('{GROWN}', :start, 1000);\n"),
-             1000, "", {}),
-            ("plain SELECT page", pgbench.script(
-                f"growth_plain_{level}",
-                setter + "SELECT notification_id, originator_id, originator_version, topic, state"
-                f" FROM biomero.events WHERE application_name = '{GROWN}'"
-                " AND notification_id >= :start ORDER BY notification_id LIMIT 1000;\n"),
-             1000, "", {}),
+            (
+                "select_notifications page",
+                pgbench.script(
+                    f"growth_page_{level}",
+                    setter
+                    + f"SELECT * FROM biomero.select_notifications('{GROWN}', :start, 1000);\n",
+                ),
+                1000,
+                "",
+                {},
+            ),
+            (
+                "plain SELECT page",
+                pgbench.script(
+                    f"growth_plain_{level}",
+                    setter
+                    + "SELECT notification_id, originator_id, originator_version, topic, state"
+                    f" FROM biomero.events WHERE application_name = '{GROWN}'"
+                    " AND notification_id >= :start ORDER BY notification_id LIMIT 1000;\n",
+                ),
+                1000,
+                "",
+                {},
+            ),
         ]
-        rows += measure(pgbench, read_variants, 1, config, "growth",
-                        seconds=config.growth_seconds)
+        rows += measure(pgbench, read_variants, 1, config, "growth", seconds=config.growth_seconds)
         for row in rows:
             row["stored"] = level
             row["stored_actual"] = stored
@@ -872,11 +1062,26 @@ def scenario_growth(db, pgbench, config, results):
 
 
 SETTINGS = [
-    "server_version", "shared_buffers", "max_connections", "fsync", "synchronous_commit",
-    "wal_sync_method", "full_page_writes", "wal_level", "wal_buffers", "max_wal_size",
-    "checkpoint_timeout", "commit_delay", "work_mem", "effective_cache_size",
-    "autovacuum", "jit", "default_transaction_isolation", "shared_preload_libraries",
-    "max_worker_processes", "biomero.notify",
+    "server_version",
+    "shared_buffers",
+    "max_connections",
+    "fsync",
+    "synchronous_commit",
+    "wal_sync_method",
+    "full_page_writes",
+    "wal_level",
+    "wal_buffers",
+    "max_wal_size",
+    "checkpoint_timeout",
+    "commit_delay",
+    "work_mem",
+    "effective_cache_size",
+    "autovacuum",
+    "jit",
+    "default_transaction_isolation",
+    "shared_preload_libraries",
+    "max_worker_processes",
+    "biomero.notify",
 ]
 
 
@@ -889,9 +1094,11 @@ def describe_server(db):
             settings[name] = db.one("SELECT current_setting(%s)", (name,))
         except psycopg2.Error:
             settings[name] = None
-    changed = db.run("SELECT name, current_setting(name) FROM pg_settings"
-                     " WHERE source NOT IN ('default', 'override', 'client', 'session')"
-                     " ORDER BY name")
+    changed = db.run(
+        "SELECT name, current_setting(name) FROM pg_settings"
+        " WHERE source NOT IN ('default', 'override', 'client', 'session')"
+        " ORDER BY name"
+    )
     return settings, {name: value for name, value in changed}
 
 
@@ -912,10 +1119,12 @@ def describe_machine(pgbench):
         "memory": memory,
         "cpu": cpu,
         "kernel": platform.release(),
-        "os": subprocess.run(["sh", "-c", ". /etc/os-release && echo $PRETTY_NAME"],
-                             capture_output=True, text=True).stdout.strip(),
-        "pgbench": subprocess.run([pgbench, "--version"], capture_output=True,
-                                  text=True).stdout.strip(),
+        "os": subprocess.run(
+            ["sh", "-c", ". /etc/os-release && echo $PRETTY_NAME"], capture_output=True, text=True
+        ).stdout.strip(),
+        "pgbench": subprocess.run(
+            [pgbench, "--version"], capture_output=True, text=True
+        ).stdout.strip(),
         "python": platform.python_version(),
         "psycopg2": psycopg2.__version__.split()[0],
     }
@@ -945,7 +1154,8 @@ def main():
         log(f"running {setup_sql} in the benchmark database")
         db.run(Path(setup_sql).read_text())
     extension_version = db.one(
-        "SELECT extversion FROM pg_extension WHERE extname = 'biomero_tracking'")
+        "SELECT extversion FROM pg_extension WHERE extname = 'biomero_tracking'"
+    )
     settings, changed = describe_server(db)
     results = {
         "meta": {
@@ -969,8 +1179,10 @@ def main():
     log("server settings:")
     for name, value in settings.items():
         log(f"  {name} = {value}")
-    log("settings changed from PostgreSQL's defaults: "
-        + ", ".join(f"{name}={value}" for name, value in changed.items()))
+    log(
+        "settings changed from PostgreSQL's defaults: "
+        + ", ".join(f"{name}={value}" for name, value in changed.items())
+    )
     started = time.monotonic()
     pgbench = Pgbench(arguments.pgbench, arguments.url, workdir, config)
 
