@@ -1,3 +1,4 @@
+# shellcheck shell=bash
 # The PostgreSQL majors biomero_tracking is built and tested on, and where each one's
 # installation (server, client programs, pg_config, server headers) is. Sourced by the other
 # scripts; PG_MAJOR (default 15) selects the major they work on:
@@ -129,7 +130,10 @@ pg_install_major() {
 }
 
 pg_check_major "$PG_MAJOR"
+# Read by the scripts that source this file.
+# shellcheck disable=SC2034
 PG_CONFIG=$(pg_config_of "$PG_MAJOR")
+# shellcheck disable=SC2034
 PG_BIN=${PG_CONFIG%/pg_config}
 # The extension's version: Cargo.toml's, which the control file and the packages take.
 EXTENSION_VERSION=$(sed -n 's/^version = "\(.*\)"$/\1/p' \

@@ -11,8 +11,9 @@ source scripts/pg.sh
 PGRX_VERSION=0.18.1
 # PostgreSQL 15 is Debian 12's; the other tested majors come from wheels (scripts/pg.sh).
 # dpkg-dev builds the Debian packages (scripts/package.sh).
+# The scripts are linted with shellcheck (scripts/test.sh).
 PACKAGES=(postgresql-15 postgresql-server-dev-15 postgresql-contrib
-          libclang-dev clang pkg-config libssl-dev sudo dpkg-dev)
+          libclang-dev clang pkg-config libssl-dev sudo dpkg-dev shellcheck)
 
 say() { printf '[setup] %s\n' "$*"; }
 

@@ -80,10 +80,21 @@ step() {
 }
 
 step all setup bash scripts/setup.sh
-step all "cargo fmt --check, cargo clippy" bash -c '
+# Formatting and lints: clippy for every tested major (code behind a major's cfg is linted
+# only with its feature), ruff on the benchmark scripts, shellcheck on the scripts.
+lints() {
+    set -e
     cargo fmt --check
     cargo fmt --check --manifest-path demo/Cargo.toml
-    cargo clippy --quiet --all-targets --features pg_test -- -D warnings'
+    for major in "${TESTED_PG_MAJORS[@]}"; do
+        cargo clippy --quiet --all-targets --no-default-features --features "pg$major pg_test" \
+            -- -D warnings
+    done
+    clients/python/.venv/bin/ruff check bench
+    clients/python/.venv/bin/ruff format --check bench
+    shellcheck -x -P scripts scripts/*.sh .ci/run
+}
+step all "rustfmt, clippy, ruff, shellcheck" lints
 
 for major in "${majors[@]}"; do
     if [ "$major" = 18 ]; then

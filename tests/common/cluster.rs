@@ -2,6 +2,8 @@
 //! that needs other settings (no shared_preload_libraries, another encoding) or a streaming
 //! replica starts a cluster from the test server's installation.
 
+#![allow(dead_code)] // each test binary uses a part of it
+
 use crate::common::{
     must_run_as_server_owner, pg_bin, retry_connect, run_as_server_owner, unique_name,
 };
@@ -104,7 +106,6 @@ impl Cluster {
         );
     }
 
-    #[allow(dead_code)]
     /// Runs pg_ctl on this cluster with `args`, which must succeed.
     pub fn pg_ctl(&self, args: &[&str]) {
         let mut all = vec!["-D", self.data.as_str()];
@@ -112,13 +113,11 @@ impl Cluster {
         must_run_as_server_owner(&format!("{}/pg_ctl", pg_bin()), &all);
     }
 
-    #[allow(dead_code)]
     /// Starts a stopped (or crashed) cluster again with `settings`.
     pub fn start_again(&self, settings: &[&str]) {
         self.launch(settings);
     }
 
-    #[allow(dead_code)]
     /// Stops with `mode` (fast, immediate) and starts again with `settings`.
     pub fn restart(&self, mode: &str, settings: &[&str]) {
         self.pg_ctl(&["-m", mode, "-w", "stop"]);

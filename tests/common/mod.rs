@@ -2,10 +2,12 @@
 //! pgrx's test framework with the extension installed) and as many real sessions as a test
 //! asks for.
 //!
-//! Every test binary compiles this module for itself and uses a part of it: an item that some
-//! binaries do not use is marked `#[allow(dead_code)]`, and what one binary alone uses lives in
-//! that binary. Two larger parts are modules that only the binaries needing them include:
-//! `cluster.rs` (servers of their own) and `follower.rs` (the follower step).
+//! Every test binary compiles this module for itself and uses a part of it, so unused items
+//! are allowed here (and in `cluster.rs`); what one binary alone uses lives in that binary. Two
+//! larger parts are modules that only the binaries needing them include: `cluster.rs` (servers
+//! of their own) and `follower.rs` (the follower step).
+
+#![allow(dead_code)]
 
 use postgres::error::SqlState;
 use postgres::{Client, GenericClient, IsolationLevel, Transaction};
@@ -16,7 +18,6 @@ use std::sync::OnceLock;
 // Sessions to the test server and its databases.
 
 /// Starts (once per test binary) the test server and returns a new session to it.
-#[allow(dead_code)]
 pub fn connect() -> Client {
     pgrx_tests::run_test(
         "test_extension_ready",
@@ -35,7 +36,6 @@ pub fn connect() -> Client {
 /// Runs `sql` (grants on the extension's shared objects) in one transaction that takes
 /// turns with other tests': PostgreSQL updates an object's ACL in place, and two sessions
 /// granting on the same function at once fail with "tuple concurrently updated".
-#[allow(dead_code)]
 pub fn grant_in_turn(client: &mut Client, sql: &str) {
     let mut transaction = client.transaction().unwrap();
     transaction
@@ -50,7 +50,6 @@ pub fn grant_in_turn(client: &mut Client, sql: &str) {
 
 /// A transaction at `isolation` whose snapshot is taken at once (by a first statement), so
 /// that what commits afterwards is not in it.
-#[allow(dead_code)]
 pub fn snapshot_transaction(client: &mut Client, isolation: IsolationLevel) -> Transaction<'_> {
     let mut transaction = client
         .build_transaction()
@@ -63,7 +62,6 @@ pub fn snapshot_transaction(client: &mut Client, isolation: IsolationLevel) -> T
 
 /// A new session whose lock waits end after `lock_timeout`: a lock left held then fails the
 /// test instead of hanging it.
-#[allow(dead_code)]
 pub fn session(lock_timeout: &str) -> Client {
     let mut client = connect();
     client
@@ -73,7 +71,6 @@ pub fn session(lock_timeout: &str) -> Client {
 }
 
 /// A new session to `database` on the test server, or the error.
-#[allow(dead_code)]
 pub fn try_connect_to(database: &str) -> Result<Client, postgres::Error> {
     let mut client = postgres::Config::new()
         .host("localhost")
@@ -87,7 +84,6 @@ pub fn try_connect_to(database: &str) -> Result<Client, postgres::Error> {
 }
 
 /// A session to another database of the test server (created by the caller).
-#[allow(dead_code)]
 pub fn connect_to(database: &str) -> Client {
     try_connect_to(database)
         .unwrap_or_else(|error| panic!("connect to database {database}: {error}"))
@@ -96,7 +92,6 @@ pub fn connect_to(database: &str) -> Client {
 /// A session from `connect`, retried every 50 ms for up to `timeout` while `server` does not
 /// accept sessions: it starts, restarts or recovers from a crash (connection refused, 57P03
 /// "the database system is starting up / in recovery mode").
-#[allow(dead_code)]
 pub fn retry_connect(
     server: &str,
     timeout: std::time::Duration,
@@ -115,7 +110,6 @@ pub fn retry_connect(
 }
 
 /// The process id of the backend serving `client`.
-#[allow(dead_code)]
 pub fn backend_pid(client: &mut Client) -> i32 {
     client
         .query_one("SELECT pg_backend_pid()", &[])
@@ -124,7 +118,6 @@ pub fn backend_pid(client: &mut Client) -> i32 {
 }
 
 /// Where the test server keeps its files and accepts sessions.
-#[allow(dead_code)]
 #[derive(Clone, Debug)]
 pub struct ServerInfo {
     pub data_directory: String,
@@ -134,7 +127,6 @@ pub struct ServerInfo {
 
 /// The test server's data directory, port and socket directory, asked once per test binary
 /// (they do not change across restarts).
-#[allow(dead_code)]
 pub fn test_server() -> ServerInfo {
     static INFO: OnceLock<ServerInfo> = OnceLock::new();
     INFO.get_or_init(|| {
@@ -159,7 +151,6 @@ pub fn test_server() -> ServerInfo {
 
 /// A name no other test in this run uses, so tests sharing the server never see each
 /// other's rows (their data commits).
-#[allow(dead_code)]
 pub fn unique_name(prefix: &str) -> String {
     static NEXT: AtomicU64 = AtomicU64::new(0);
     format!(
@@ -170,13 +161,11 @@ pub fn unique_name(prefix: &str) -> String {
 }
 
 /// A random UUID in text form; tests pass it as `$n::text::uuid`.
-#[allow(dead_code)]
 pub fn random_uuid() -> String {
     uuid_text(rand::random())
 }
 
 /// 128 bits as a UUID in text form (the fuzz test draws them from its seeded generator).
-#[allow(dead_code)]
 pub fn uuid_text(bits: u128) -> String {
     let hex = format!("{bits:032x}");
     format!(
@@ -191,7 +180,6 @@ pub fn uuid_text(bits: u128) -> String {
 
 /// The server's message of a database error, or the whole error when there is none (a broken
 /// connection, say).
-#[allow(dead_code)]
 pub fn db_message(error: &postgres::Error) -> String {
     error
         .as_db_error()
@@ -200,7 +188,6 @@ pub fn db_message(error: &postgres::Error) -> String {
 }
 
 /// An error as `SQLSTATE: message` (`-` for no SQLSTATE), for lists of unexpected errors.
-#[allow(dead_code)]
 pub fn describe(error: &postgres::Error) -> String {
     format!(
         "{}: {}",
@@ -210,7 +197,6 @@ pub fn describe(error: &postgres::Error) -> String {
 }
 
 /// A serialization failure (40001): the transaction is to be retried.
-#[allow(dead_code)]
 pub fn is_serialization_failure(error: &postgres::Error) -> bool {
     error.code() == Some(&SqlState::T_R_SERIALIZATION_FAILURE)
 }
@@ -219,18 +205,15 @@ pub fn is_serialization_failure(error: &postgres::Error) -> bool {
 // Appending and reading.
 
 /// Appends one event (version 0 of a new aggregate) to application `$1`; returns its id.
-#[allow(dead_code)]
 pub const APPEND: &str = "SELECT biomero.record_event($1, gen_random_uuid(), 0, 't', '')";
 
 /// Appends one event as `APPEND` does; returns its id.
-#[allow(dead_code)]
 pub fn append_one(client: &mut impl GenericClient, application: &str) -> i64 {
     client.query_one(APPEND, &[&application]).unwrap().get(0)
 }
 
 /// Appends `versions` of `aggregate` to `application` in one record_events call, each with
 /// `topic` and the state `state` makes of its version; returns their ids.
-#[allow(dead_code)]
 pub fn append_versions(
     client: &mut impl GenericClient,
     application: &str,
@@ -253,7 +236,6 @@ pub fn append_versions(
 
 /// Sets the append mode (`serialized` or `concurrent`) of `application`, registering it on
 /// its first use.
-#[allow(dead_code)]
 pub fn set_append_mode(client: &mut Client, application: &str, mode: &str) {
     client
         .execute(
@@ -265,7 +247,6 @@ pub fn set_append_mode(client: &mut Client, application: &str, mode: &str) {
 
 /// The claim of `follower` on `upstream`, waiting while another transaction holds it: the
 /// position.
-#[allow(dead_code)]
 pub fn claim(client: &mut impl GenericClient, follower: &str, upstream: &str) -> i64 {
     client
         .query_one("SELECT biomero.claim($1, $2)", &[&follower, &upstream])
@@ -275,7 +256,6 @@ pub fn claim(client: &mut impl GenericClient, follower: &str, upstream: &str) ->
 
 /// The claim of `follower` on `upstream` without waiting (`wait => false`): the position, or
 /// None while another transaction holds the claim.
-#[allow(dead_code)]
 pub fn try_claim(client: &mut impl GenericClient, follower: &str, upstream: &str) -> Option<i64> {
     client
         .query_one(
@@ -288,12 +268,10 @@ pub fn try_claim(client: &mut impl GenericClient, follower: &str, upstream: &str
 
 /// The next notification ids of application `$1` after id `$2`, at most `$3` of them: a page
 /// of a reader or follower.
-#[allow(dead_code)]
 pub const PAGE: &str = "SELECT notification_id FROM biomero.select_notifications($1, $2, $3, \
                         inclusive_of_start => false)";
 
 /// The next page (up to 1000 notification ids) of `application` after id `after`.
-#[allow(dead_code)]
 pub fn page(client: &mut impl GenericClient, application: &str, after: i64) -> Vec<i64> {
     client
         .query(PAGE, &[&application, &after, &1000i64])
@@ -307,7 +285,6 @@ pub fn page(client: &mut impl GenericClient, application: &str, after: i64) -> V
 // What is stored, and the invariants every test that writes much checks afterwards.
 
 /// The notification ids of `application`, in id order.
-#[allow(dead_code)]
 pub fn stored_ids(client: &mut Client, application: &str) -> Vec<i64> {
     client
         .query(
@@ -322,11 +299,9 @@ pub fn stored_ids(client: &mut Client, application: &str) -> Vec<i64> {
 }
 
 /// An event as stored: application, notification id, aggregate, version, topic, state.
-#[allow(dead_code)]
 pub type EventRow = (String, i64, String, i64, String, Vec<u8>);
 
 /// Every event stored, by application and notification id.
-#[allow(dead_code)]
 pub fn stored_events(client: &mut Client) -> Vec<EventRow> {
     client
         .query(
@@ -350,11 +325,9 @@ pub fn stored_events(client: &mut Client) -> Vec<EventRow> {
 }
 
 /// A follower position as stored: (application, upstream, notification id).
-#[allow(dead_code)]
 pub type PositionRow = (String, String, i64);
 
 /// Every stored position, in (application, upstream) order.
-#[allow(dead_code)]
 pub fn stored_positions(client: &mut Client) -> Vec<PositionRow> {
     client
         .query(
@@ -369,13 +342,11 @@ pub fn stored_positions(client: &mut Client) -> Vec<PositionRow> {
 }
 
 /// The number `query` (a `SELECT count(*) ...` without parameters) returns.
-#[allow(dead_code)]
 pub fn count(client: &mut Client, query: &str) -> i64 {
     client.query_one(query, &[]).unwrap().get(0)
 }
 
 /// The last notification id of `application`, 0 when it has none.
-#[allow(dead_code)]
 pub fn notification_head(client: &mut Client, application: &str) -> i64 {
     client
         .query_one(
@@ -387,7 +358,6 @@ pub fn notification_head(client: &mut Client, application: &str) -> i64 {
 }
 
 /// The position of `follower` on `upstream`, 0 when it has none.
-#[allow(dead_code)]
 pub fn follower_position(client: &mut Client, follower: &str, upstream: &str) -> i64 {
     client
         .query_one(
@@ -401,7 +371,6 @@ pub fn follower_position(client: &mut Client, follower: &str, upstream: &str) ->
 /// Invariants over everything stored in the database `client` is connected to: per
 /// application the ids are exactly 1..=n, each aggregate version is stored once, every
 /// position is positive, and both tables still exist. Returns (applications, events).
-#[allow(dead_code)]
 pub fn assert_store_invariants(client: &mut Client) -> (i64, i64) {
     let tables: i64 = client
         .query_one(
@@ -462,7 +431,6 @@ pub fn assert_store_invariants(client: &mut Client) -> (i64, i64) {
 
 /// Where the test server's programs are (pg_ctl, pg_dump, pg_restore, psql, initdb): the
 /// installation of the PostgreSQL major the tests were built for.
-#[allow(dead_code)]
 pub fn pg_bin() -> String {
     static BIN: OnceLock<String> = OnceLock::new();
     BIN.get_or_init(|| {
@@ -476,7 +444,6 @@ pub fn pg_bin() -> String {
 
 /// Runs a program as the user that owns the server's files and processes (`postgres` when the
 /// tests run as root with `CARGO_PGRX_TEST_RUNAS=postgres`).
-#[allow(dead_code)]
 pub fn run_as_server_owner(program: &str, args: &[&str]) -> std::process::Output {
     let owner = pgrx_tests::get_pg_user();
     let me = std::env::var("USER").unwrap_or_default();
@@ -495,7 +462,6 @@ pub fn run_as_server_owner(program: &str, args: &[&str]) -> std::process::Output
 }
 
 /// Runs a program as `run_as_server_owner` does and fails the test when it fails.
-#[allow(dead_code)]
 pub fn must_run_as_server_owner(program: &str, args: &[&str]) {
     let output = run_as_server_owner(program, args);
     assert!(

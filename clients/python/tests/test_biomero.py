@@ -13,14 +13,13 @@ Three runs, each against its own database:
    every position is the head, and every read-model table equals, row by row, what one
    process replaying the same leader events builds.
 
-Each worker (tests/biomero_worker.py) runs BIOMERO's ``initialize_analytics_system()`` on a
+Each worker (tests/helpers/biomero_worker.py) runs BIOMERO's ``initialize_analytics_system()`` on a
 real SlurmClient and drives ``client.workflowTracker``; the patch is applied to a copy of
-the installed package (tests/biomero_patch.py) that the worker imports first.
+the installed package (tests/helpers/biomero_patch.py) that the worker imports first.
 """
 
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import sys
@@ -46,8 +45,8 @@ READ_MODELS = {
     "biomero_workflow_progress_view": "workflow_id",
     "biomero_task_execution": "task_id",
 }
-WORKER = Path(__file__).with_name("biomero_worker.py")
-#: The workers' audit of policy runs (see tests/biomero_worker.py).
+WORKER = Path(__file__).parent / "helpers" / "biomero_worker.py"
+#: The workers' audit of policy runs (see tests/helpers/biomero_worker.py).
 AUDIT_DDL = (
     "CREATE TABLE biomero_test_processed (follower text NOT NULL, "
     "notification_id bigint NOT NULL, pid integer NOT NULL)"
@@ -81,11 +80,6 @@ def _worker(site: Path, stack: str, url: str, index: int, workflows: str) -> sub
     )
 
 
-def _last_json(out: str) -> dict[str, Any]:
-    result: dict[str, Any] = json.loads(out.strip().splitlines()[-1])
-    return result
-
-
 def run_processes(site: Path, stack: str, url: str) -> list[dict[str, Any]]:
     # A first process alone builds the system once (BIOMERO creates its view tables then,
     # the stock stack its own tables), so that the concurrent ones race on processing only.
@@ -95,28 +89,10 @@ def run_processes(site: Path, stack: str, url: str) -> list[dict[str, Any]]:
     finally:
         support.kill_unfinished([warm_up])
     assert warm_up.returncode == 0, f"BIOMERO could not start:\n{err}"
-    assert _last_json(out)["biomero"].startswith(str(site)), "imported another BIOMERO"
+    assert support.last_json(out)["biomero"].startswith(str(site)), "imported another BIOMERO"
 
     workers = [_worker(site, stack, url, i, str(WORKFLOWS_PER_PROCESS)) for i in range(PROCESSES)]
-    try:
-        for worker in workers:
-            assert worker.stdout is not None
-            line = worker.stdout.readline()
-            if line.strip() != "ready":
-                assert worker.stderr is not None
-                raise AssertionError(f"worker did not start: {line!r} {worker.stderr.read()}")
-        for worker in workers:  # all start together
-            assert worker.stdin is not None
-            worker.stdin.write("go\n")
-            worker.stdin.flush()
-        results = []
-        for worker in workers:
-            out, err = worker.communicate(timeout=TIMEOUT)
-            assert worker.returncode == 0, err
-            results.append(_last_json(out))
-        return results
-    finally:
-        support.kill_unfinished(workers)  # none outlives a failed run
+    return support.run_together(workers, TIMEOUT)
 
 
 def leader_events(database: str, stack: str) -> list[tuple[str, int, str, bytes]]:

@@ -16,7 +16,6 @@ more than once — so the scenario is known to be able to see it.
 
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import sys
@@ -32,7 +31,7 @@ WORKFLOWS_PER_PROCESS = 4
 COMMANDS_PER_WORKFLOW = 11
 EVENTS_PER_COMMAND = {"add_task_to_workflow": 2}  # every other command saves one event
 FOLLOWERS = ("JobAccounting", "JobProgress", "WorkflowProgress", "WorkflowAnalytics")
-WORKER = Path(__file__).with_name("scenario_worker.py")
+WORKER = Path(__file__).parent / "helpers" / "scenario_worker.py"
 TIMEOUT = 300
 
 
@@ -58,25 +57,7 @@ def run_processes(stack: str, url: str) -> list[dict[str, Any]]:
     assert warm_up.returncode == 0, err
 
     workers = [_worker(stack, url, index, WORKFLOWS_PER_PROCESS) for index in range(PROCESSES)]
-    try:
-        for worker in workers:
-            assert worker.stdout is not None
-            line = worker.stdout.readline()
-            if line.strip() != "ready":
-                assert worker.stderr is not None
-                raise AssertionError(f"worker did not start: {line!r} {worker.stderr.read()}")
-        for worker in workers:  # all start together
-            assert worker.stdin is not None
-            worker.stdin.write("go\n")
-            worker.stdin.flush()
-        results = []
-        for worker in workers:
-            out, err = worker.communicate(timeout=TIMEOUT)
-            assert worker.returncode == 0, err
-            results.append(json.loads(out.strip().splitlines()[-1]))
-        return results
-    finally:
-        support.kill_unfinished(workers)
+    return support.run_together(workers, TIMEOUT)
 
 
 def prepare(prefix: str, *, extension: bool) -> str:
@@ -180,6 +161,37 @@ def report(stack: str, figures: dict[str, Any]) -> None:
     ("stack", "configuration"),
     [("biomero", "scoped session"), ("biomero-url", "SQLALCHEMY_URL")],
 )
+def scenario_figures(
+    database: str,
+    results: list[dict[str, Any]],
+    events: int,
+    head: int,
+    initiated: int,
+    positions: dict[str, int],
+    duplicates: int,
+    missing: int,
+) -> dict[str, Any]:
+    """What a scenario run did, as report() prints it and the tests check it."""
+    errors = [error for result in results for error in result["errors"]]
+    return {
+        "processes": PROCESSES,
+        "commands": sum(result["commands"] for result in results),
+        "errors": len(errors),
+        "events": events,
+        "expected_events": expected_events(results),
+        "all_events": PROCESSES * WORKFLOWS_PER_PROCESS * (COMMANDS_PER_WORKFLOW + 1),
+        "initiated": initiated,
+        "workflows": PROCESSES * WORKFLOWS_PER_PROCESS,
+        "duplicates": duplicates,
+        "missing": missing,
+        "faults": read_model_faults(database),
+        "positions": positions,
+        "head": head,
+        "seconds": max(result["seconds"] for result in results),
+        "all_errors": errors,
+    }
+
+
 def test_biomero_tracking_processes_every_notification_exactly_once(
     stack: str, configuration: str
 ) -> None:
@@ -204,24 +216,10 @@ def test_biomero_tracking_processes_every_notification_exactly_once(
         )
         positions = dict(cursor.fetchall())
     duplicates, missing, processed = processing_figures(database, head)
-    errors = [error for result in results for error in result["errors"]]
-    figures = {
-        "processes": PROCESSES,
-        "commands": sum(result["commands"] for result in results),
-        "errors": len(errors),
-        "events": events,
-        "expected_events": expected_events(results),
-        "all_events": PROCESSES * WORKFLOWS_PER_PROCESS * (COMMANDS_PER_WORKFLOW + 1),
-        "initiated": initiated,
-        "workflows": PROCESSES * WORKFLOWS_PER_PROCESS,
-        "duplicates": duplicates,
-        "missing": missing,
-        "faults": read_model_faults(database),
-        "positions": positions,
-        "head": head,
-        "seconds": max(result["seconds"] for result in results),
-        "all_errors": errors,
-    }
+    figures = scenario_figures(
+        database, results, events, head, initiated, positions, duplicates, missing
+    )
+    errors = figures["all_errors"]
     report(f"biomero_tracking, {configuration}", figures)
 
     assert figures["commands"] == PROCESSES * WORKFLOWS_PER_PROCESS * COMMANDS_PER_WORKFLOW
@@ -258,24 +256,9 @@ def test_stock_eventsourcing_sqlalchemy_shows_the_race() -> None:
             )
             positions[follower] = cursor.fetchone()[0]
     duplicates, missing, _ = processing_figures(database, head)
-    errors = [error for result in results for error in result["errors"]]
-    figures = {
-        "processes": PROCESSES,
-        "commands": sum(result["commands"] for result in results),
-        "errors": len(errors),
-        "events": events,
-        "expected_events": expected_events(results),
-        "all_events": PROCESSES * WORKFLOWS_PER_PROCESS * (COMMANDS_PER_WORKFLOW + 1),
-        "initiated": initiated,
-        "workflows": PROCESSES * WORKFLOWS_PER_PROCESS,
-        "duplicates": duplicates,
-        "missing": missing,
-        "faults": read_model_faults(database),
-        "positions": positions,
-        "head": head,
-        "seconds": max(result["seconds"] for result in results),
-        "all_errors": errors,
-    }
+    figures = scenario_figures(
+        database, results, events, head, initiated, positions, duplicates, missing
+    )
     report("stock eventsourcing-sqlalchemy, scoped session", figures)
     assert figures["errors"] > 0 or duplicates > 0, "the scenario did not see the race"
 

@@ -15,11 +15,12 @@ import json
 import os
 import sys
 import time
-import traceback
 from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).parent))
+
+from commands import Commands, wait_for_go  # noqa: E402 - after the path
 
 
 def main() -> None:
@@ -50,30 +51,15 @@ def main() -> None:
     if stack != "biomero-url":  # with a URL every save commits by itself
         tracker.commit = session.commit  # what BIOMERO's EngineManager.commit() does
 
-    print("ready", flush=True)
-    sys.stdin.readline()
+    wait_for_go()
 
-    commands = 0
-    errors: list[str] = []
-    done: list[dict[str, Any]] = []
-
-    def command(name: str, *args: Any) -> Any:
-        nonlocal commands
-        commands += 1
+    def roll_back() -> None:
         try:
-            result = getattr(tracker, name)(*args)
-        except Exception as error:  # noqa: BLE001 - the scenario counts them
-            message = (str(error).splitlines() or [""])[0][:200]
-            errors.append(f"{name}: {type(error).__name__}: {message}")
-            if len(errors) <= 2:
-                traceback.print_exc(file=sys.stderr)
-            try:
-                session.rollback()
-            except Exception:  # noqa: BLE001
-                session.remove()
-            return None
-        done.append({"command": name, "args": [str(a) for a in args]})
-        return result
+            session.rollback()
+        except Exception:  # noqa: BLE001
+            session.remove()
+
+    command = Commands(tracker, after_error=roll_back)
 
     started = time.monotonic()
     workflow_ids: list[str] = []
@@ -120,9 +106,9 @@ def main() -> None:
             {
                 "index": index,
                 "pid": os.getpid(),
-                "commands": commands,
-                "succeeded": [d["command"] for d in done],
-                "errors": errors,
+                "commands": command.count,
+                "succeeded": command.succeeded,
+                "errors": command.errors,
                 "workflow_ids": workflow_ids,
                 "seconds": round(elapsed, 2),
             }

@@ -26,9 +26,10 @@ import logging
 import os
 import sys
 import time
-import traceback
 from collections import Counter
 from typing import Any
+
+from commands import Commands, wait_for_go
 
 
 class Collector(logging.Handler):
@@ -129,27 +130,9 @@ def main() -> None:
     index, workflows = int(index_text), int(workflows_text)
     tracker = client.workflowTracker
 
-    print("ready", flush=True)
-    sys.stdin.readline()
-
-    commands = 0
+    wait_for_go()
+    command = Commands(tracker, message_length=160)
     skipped = 0
-    succeeded: list[str] = []
-    errors: list[str] = []
-
-    def command(name: str, *args: Any) -> Any:
-        nonlocal commands
-        commands += 1
-        try:
-            result = getattr(tracker, name)(*args)
-        except Exception as error:  # noqa: BLE001 - the test counts them
-            message = (str(error).splitlines() or [""])[0][:160]
-            errors.append(f"{name}: {type(error).__name__}: {message}")
-            if len(errors) <= 2:
-                traceback.print_exc(file=sys.stderr)
-            return None
-        succeeded.append(name)
-        return result
 
     # Task names pick different branches of BIOMERO's WorkflowProgress status mapping.
     task_names = ("SLURM_Run_Workflow.py", "cellpose", "_SLURM_Image_Transfer.py", "stardist")
@@ -195,10 +178,10 @@ def main() -> None:
                 "index": index,
                 "pid": os.getpid(),
                 "biomero": biomero.__file__,
-                "commands": commands,
+                "commands": command.count,
                 "skipped": skipped,
-                "succeeded": succeeded,
-                "errors": errors,
+                "succeeded": command.succeeded,
+                "errors": command.errors,
                 "seconds": round(elapsed, 2),
                 "logged": collector.summary(),
             }

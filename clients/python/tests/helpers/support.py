@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import uuid
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit, urlunsplit
 
 import psycopg2
@@ -107,6 +108,36 @@ def kill_unfinished(processes: list[subprocess.Popen[str]]) -> None:
         if process.poll() is None:
             process.kill()
             process.wait()
+
+
+def last_json(out: str) -> dict[str, Any]:
+    """The JSON object a worker process printed last."""
+    result: dict[str, Any] = json.loads(out.strip().splitlines()[-1])
+    return result
+
+
+def run_together(workers: list[subprocess.Popen[str]], timeout: float) -> list[dict[str, Any]]:
+    """Lets worker processes start together (each prints ``ready``, then waits for ``go``),
+    and returns what each printed last; kills those left after a failure."""
+    try:
+        for worker in workers:
+            assert worker.stdout is not None
+            line = worker.stdout.readline()
+            if line.strip() != "ready":
+                assert worker.stderr is not None
+                raise AssertionError(f"worker did not start: {line!r} {worker.stderr.read()}")
+        for worker in workers:
+            assert worker.stdin is not None
+            worker.stdin.write("go\n")
+            worker.stdin.flush()
+        results = []
+        for worker in workers:
+            out, err = worker.communicate(timeout=timeout)
+            assert worker.returncode == 0, err
+            results.append(last_json(out))
+        return results
+    finally:
+        kill_unfinished(workers)  # none outlives a failed run
 
 
 #: Lines the scenario tests report; conftest prints them in pytest's closing summary.
