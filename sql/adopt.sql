@@ -7,23 +7,23 @@
 --
 -- It is idempotent: events already imported are skipped, positions only move forward. It
 -- runs in the caller's transaction, so it imports all or nothing. It holds the application's
--- append lock (biomero.lock_for_import), so appends to the application wait for it and it
--- waits for appends in progress, and it refuses any event that would land at or below an id
+-- append lock (biomero_internal.lock_for_import), so appends to the application wait for it
+-- and it waits for appends in progress, and it refuses any event that would land at or below an id
 -- the application already committed, which a reader may have passed: a different event at an
 -- imported id is a conflict too. It holds the source tables in SHARE mode, so their old
 -- writers wait: it is a one-off step, to run before the applications switch over.
 --
 -- It is an administrator's function (SECURITY INVOKER). It reads the source tables with the
 -- caller's rights, so the caller needs SELECT on them and, for the SHARE lock, UPDATE, DELETE
--- or TRUNCATE; and INSERT and UPDATE on biomero's tables and EXECUTE on
--- biomero.lock_for_import. Only ordinary tables with the columns and built-in
--- types those libraries create are accepted (see check_import_source): reading them runs no
--- code of the table's owner. Table names reach the statements only as regclass values,
+-- or TRUNCATE; and INSERT and UPDATE on biomero's tables and EXECUTE on the helpers
+-- biomero_internal.lock_for_import, check_import_source and unexpected_columns. Only ordinary
+-- tables with the columns and built-in types those libraries create are accepted (see
+-- check_import_source): reading them runs no code of the table's owner. Table names reach the statements only as regclass values,
 -- rendered by format('%s'); values only as parameters (USING).
 
 -- The source's columns that are not what the libraries create, as text; NULL when all are.
 -- `expected` pairs a column name with the types accepted for it.
-CREATE FUNCTION biomero.unexpected_columns(source regclass, expected text[][])
+CREATE FUNCTION biomero_internal.unexpected_columns(source regclass, expected text[][])
 RETURNS text
 LANGUAGE sql STABLE
 SET search_path = pg_catalog, pg_temp
@@ -44,7 +44,7 @@ $function$;
 -- (index and statistics expressions, index predicates, CHECK constraints, generated columns,
 -- row-level security policies), which would run as the caller: a source with any of these
 -- is refused. (Operator classes, the other way, need a superuser to create.)
-CREATE FUNCTION biomero.check_import_source(source regclass, what text)
+CREATE FUNCTION biomero_internal.check_import_source(source regclass, what text)
 RETURNS void
 LANGUAGE plpgsql STABLE
 SET search_path = pg_catalog, pg_temp
@@ -117,19 +117,19 @@ DECLARE
     duplicate_id bigint;
     source_upstream text;
 BEGIN
-    PERFORM biomero.check_name(target, 'application_name');
+    PERFORM biomero_internal.check_name(target, 'application_name');
     IF events_table IS NULL THEN
         RAISE EXCEPTION 'events_table must not be NULL' USING ERRCODE = 'null_value_not_allowed';
     END IF;
     IF upstream IS NOT NULL THEN
-        PERFORM biomero.check_name(upstream, 'upstream_application_name');
+        PERFORM biomero_internal.check_name(upstream, 'upstream_application_name');
     END IF;
     IF events_table = 'biomero.events'::regclass THEN
         RAISE EXCEPTION USING ERRCODE = 'invalid_parameter_value',
             MESSAGE = 'events_table must be an eventsourcing events table, not biomero.events';
     END IF;
 
-    PERFORM biomero.check_import_source(events_table, 'events');
+    PERFORM biomero_internal.check_import_source(events_table, 'events');
     -- The notification id column: notification_id (eventsourcing) or id
     -- (eventsourcing-sqlalchemy); one of two fixed expressions, never a name from input.
     source_id := CASE WHEN EXISTS (
@@ -137,7 +137,7 @@ BEGIN
             WHERE a.attrelid = events_table AND a.attname = 'notification_id' AND a.attnum > 0
               AND NOT a.attisdropped)
         THEN 's.notification_id' ELSE 's.id' END;
-    wrong := biomero.unexpected_columns(events_table, ARRAY[
+    wrong := biomero_internal.unexpected_columns(events_table, ARRAY[
         [CASE source_id WHEN 's.id' THEN 'id' ELSE 'notification_id' END, 'bigint or integer'],
         ['originator_id', 'uuid or text or character varying'],
         ['originator_version', 'bigint or integer'],
@@ -149,7 +149,7 @@ BEGIN
             DETAIL = format('Missing or of another type: %s.', wrong);
     END IF;
 
-    head := biomero.lock_for_import(target);
+    head := biomero_internal.lock_for_import(target);
     EXECUTE format('LOCK TABLE %s IN SHARE MODE', events_table);
 
     -- Every source row must be an event as the libraries store it (no NULL, an id above 0
@@ -229,8 +229,8 @@ BEGIN
 
     positions_advanced := 0;
     IF tracking_table IS NOT NULL THEN
-        PERFORM biomero.check_import_source(tracking_table, 'tracking');
-        wrong := biomero.unexpected_columns(tracking_table, ARRAY[
+        PERFORM biomero_internal.check_import_source(tracking_table, 'tracking');
+        wrong := biomero_internal.unexpected_columns(tracking_table, ARRAY[
             ['application_name', 'text or character varying'],
             ['notification_id', 'bigint or integer']]);
         IF wrong IS NOT NULL THEN
@@ -261,7 +261,7 @@ BEGIN
             tracking_table)
         USING upstream, '__migration__'
         LOOP
-            PERFORM biomero.check_name(source_upstream,
+            PERFORM biomero_internal.check_name(source_upstream,
                                        format('application_name in %s', tracking_table));
         END LOOP;
         -- Multi-row tables hold one row per processed notification, single-row ones one

@@ -1,7 +1,10 @@
 -- biomero_tracking 0.3.0 -> 0.3.1
+-- * the helpers of the SQL-language functions and views move to schema biomero_internal
+--   (argument rules, the read bound, the lock kinds, the import's lock and checks), with
+--   their privileges; the functions and views that call them follow;
 -- * new: last_taken_id (what a follower prompted by a commit waits for in concurrent mode)
---   and application_name_of (a registry id's name, also while its registration has not
---   committed), granted to PUBLIC like the other helpers the reads and views call;
+--   and biomero_internal.application_name_of (a registry id's name, also while its
+--   registration has not committed), granted to PUBLIC like the other helpers;
 -- * biomero.locks names the locks of a transaction whose first use of a name has not
 --   committed yet, and leaves out those of a first use rolled back to a savepoint;
 -- * import_eventsourcing refuses source rows the libraries never store (a NULL column, an id
@@ -9,6 +12,17 @@
 --   constraint or skipping them.
 -- The rest of 0.3.1 is in the library. The same definitions as sql/*.sql; tests/upgrade.rs
 -- compares a database updated with this script to a fresh install, object by object.
+
+CREATE SCHEMA biomero_internal;
+GRANT USAGE ON SCHEMA biomero_internal TO PUBLIC;
+ALTER FUNCTION biomero.check_name(text, text) SET SCHEMA biomero_internal;
+ALTER FUNCTION biomero.check_limit(bigint) SET SCHEMA biomero_internal;
+ALTER FUNCTION biomero.check_topics(text[]) SET SCHEMA biomero_internal;
+ALTER FUNCTION biomero.readable_bound(text) SET SCHEMA biomero_internal;
+ALTER FUNCTION biomero.lock_kinds() SET SCHEMA biomero_internal;
+ALTER FUNCTION biomero.lock_for_import(text) SET SCHEMA biomero_internal;
+ALTER FUNCTION biomero.check_import_source(regclass, text) SET SCHEMA biomero_internal;
+ALTER FUNCTION biomero.unexpected_columns(regclass, text[]) SET SCHEMA biomero_internal;
 
 CREATE FUNCTION biomero.last_taken_id(
 	"application_name" TEXT
@@ -18,7 +32,7 @@ SET search_path TO pg_catalog, pg_temp
 LANGUAGE c
 AS 'MODULE_PATHNAME', 'last_taken_id_wrapper';
 
-CREATE FUNCTION biomero.application_name_of(
+CREATE FUNCTION biomero_internal.application_name_of(
 	"application_id" INT
 ) RETURNS TEXT
 STABLE PARALLEL SAFE
@@ -26,24 +40,111 @@ SET search_path TO pg_catalog, pg_temp
 LANGUAGE c
 AS 'MODULE_PATHNAME', 'application_name_of_wrapper';
 
-REVOKE ALL ON FUNCTION biomero.last_taken_id(text), biomero.application_name_of(integer)
+REVOKE ALL ON FUNCTION biomero.last_taken_id(text), biomero_internal.application_name_of(integer)
 FROM PUBLIC;
-GRANT EXECUTE ON FUNCTION biomero.last_taken_id(text), biomero.application_name_of(integer)
+GRANT EXECUTE ON FUNCTION biomero.last_taken_id(text),
+                          biomero_internal.application_name_of(integer)
 TO PUBLIC;
+
+CREATE OR REPLACE FUNCTION biomero.select_notifications(
+    application_name text,
+    start bigint,
+    "limit" bigint,
+    stop bigint DEFAULT NULL,
+    topics text[] DEFAULT '{}',
+    inclusive_of_start boolean DEFAULT true
+) RETURNS TABLE (
+    notification_id bigint,
+    originator_id uuid,
+    originator_version bigint,
+    topic text,
+    state bytea
+)
+LANGUAGE plpgsql STABLE PARALLEL SAFE
+SET search_path = pg_catalog, pg_temp
+AS $function$
+#variable_conflict use_column
+DECLARE
+    application text := select_notifications.application_name;
+    after_id bigint;
+    last_id bigint;
+BEGIN
+    PERFORM biomero_internal.check_name(application, 'application_name');
+    IF "limit" IS NULL THEN
+        RAISE EXCEPTION '"limit" must not be NULL' USING ERRCODE = 'null_value_not_allowed';
+    END IF;
+    PERFORM biomero_internal.check_limit("limit");
+    PERFORM biomero_internal.check_topics(topics);
+    IF inclusive_of_start IS NULL THEN
+        RAISE EXCEPTION 'inclusive_of_start must not be NULL' USING ERRCODE = 'null_value_not_allowed';
+    END IF;
+    -- One exclusive lower bound and one inclusive upper bound, so the index scan starts and
+    -- stops at the right place.
+    after_id := CASE
+        WHEN start IS NULL THEN -9223372036854775808
+        WHEN inclusive_of_start AND start > -9223372036854775808 THEN start - 1
+        ELSE start
+    END;
+    last_id := least(coalesce(stop, 9223372036854775807),
+                     coalesce(biomero_internal.readable_bound(application), 9223372036854775807));
+    RETURN QUERY
+    SELECT e.notification_id, e.originator_id, e.originator_version, e.topic, e.state
+    FROM biomero.events AS e
+    WHERE e.application_name = application
+      AND e.notification_id > after_id
+      AND e.notification_id <= last_id
+      AND (cardinality(topics) = 0 OR e.topic = ANY (topics))
+    ORDER BY e.notification_id
+    LIMIT "limit";
+END;
+$function$;
+
+CREATE OR REPLACE FUNCTION biomero.max_notification_id(application_name text) RETURNS bigint
+LANGUAGE plpgsql STABLE PARALLEL SAFE
+SET search_path = pg_catalog, pg_temp
+AS $function$
+DECLARE
+    application text := max_notification_id.application_name;
+    last_id bigint;
+BEGIN
+    PERFORM biomero_internal.check_name(application, 'application_name');
+    last_id := coalesce(biomero_internal.readable_bound(application), 9223372036854775807);
+    RETURN (SELECT max(e.notification_id)
+            FROM biomero.events AS e
+            WHERE e.application_name = application AND e.notification_id <= last_id);
+END;
+$function$;
+
+CREATE OR REPLACE FUNCTION biomero.max_tracking_id(application_name text, upstream_application_name text)
+RETURNS bigint
+LANGUAGE plpgsql STABLE PARALLEL SAFE
+SET search_path = pg_catalog, pg_temp
+AS $function$
+DECLARE
+    follower text := max_tracking_id.application_name;
+    upstream text := max_tracking_id.upstream_application_name;
+BEGIN
+    PERFORM biomero_internal.check_name(follower, 'application_name');
+    PERFORM biomero_internal.check_name(upstream, 'upstream_application_name');
+    RETURN (SELECT t.notification_id
+            FROM biomero.tracking AS t
+            WHERE t.application_name = follower AND t.upstream_application_name = upstream);
+END;
+$function$;
 
 CREATE OR REPLACE VIEW biomero.locks AS
 SELECT l.pid,
        k.kind,
        coalesce(a.application_name,
-                biomero.application_name_of(l.classid::bigint::integer)) AS application_name,
+                biomero_internal.application_name_of(l.classid::bigint::integer)) AS application_name,
        CASE WHEN k.kind = 'claim'
             THEN coalesce(u.application_name,
-                          biomero.application_name_of(l.objid::bigint::integer))
+                          biomero_internal.application_name_of(l.objid::bigint::integer))
        END AS upstream_application_name,
        l.granted,
        l.waitstart
 FROM pg_catalog.pg_locks AS l
-JOIN biomero.lock_kinds() AS k ON k.objsubid = l.objsubid
+JOIN biomero_internal.lock_kinds() AS k ON k.objsubid = l.objsubid
 JOIN pg_catalog.pg_database AS d ON d.oid = l.database AND d.datname = current_database()
 LEFT JOIN biomero.application_registry AS a ON a.application_id = l.classid::bigint
 LEFT JOIN biomero.application_registry AS u
@@ -52,7 +153,7 @@ WHERE l.locktype = 'advisory'
   -- A lock taken for a name whose first use was rolled back (to a savepoint) holds an id
   -- no name has any more: it stands in nobody's way until its transaction ends.
   AND coalesce(a.application_name,
-               biomero.application_name_of(l.classid::bigint::integer)) IS NOT NULL;
+               biomero_internal.application_name_of(l.classid::bigint::integer)) IS NOT NULL;
 
 CREATE OR REPLACE FUNCTION biomero.import_eventsourcing(
     application_name text,
@@ -85,19 +186,19 @@ DECLARE
     duplicate_id bigint;
     source_upstream text;
 BEGIN
-    PERFORM biomero.check_name(target, 'application_name');
+    PERFORM biomero_internal.check_name(target, 'application_name');
     IF events_table IS NULL THEN
         RAISE EXCEPTION 'events_table must not be NULL' USING ERRCODE = 'null_value_not_allowed';
     END IF;
     IF upstream IS NOT NULL THEN
-        PERFORM biomero.check_name(upstream, 'upstream_application_name');
+        PERFORM biomero_internal.check_name(upstream, 'upstream_application_name');
     END IF;
     IF events_table = 'biomero.events'::regclass THEN
         RAISE EXCEPTION USING ERRCODE = 'invalid_parameter_value',
             MESSAGE = 'events_table must be an eventsourcing events table, not biomero.events';
     END IF;
 
-    PERFORM biomero.check_import_source(events_table, 'events');
+    PERFORM biomero_internal.check_import_source(events_table, 'events');
     -- The notification id column: notification_id (eventsourcing) or id
     -- (eventsourcing-sqlalchemy); one of two fixed expressions, never a name from input.
     source_id := CASE WHEN EXISTS (
@@ -105,7 +206,7 @@ BEGIN
             WHERE a.attrelid = events_table AND a.attname = 'notification_id' AND a.attnum > 0
               AND NOT a.attisdropped)
         THEN 's.notification_id' ELSE 's.id' END;
-    wrong := biomero.unexpected_columns(events_table, ARRAY[
+    wrong := biomero_internal.unexpected_columns(events_table, ARRAY[
         [CASE source_id WHEN 's.id' THEN 'id' ELSE 'notification_id' END, 'bigint or integer'],
         ['originator_id', 'uuid or text or character varying'],
         ['originator_version', 'bigint or integer'],
@@ -117,7 +218,7 @@ BEGIN
             DETAIL = format('Missing or of another type: %s.', wrong);
     END IF;
 
-    head := biomero.lock_for_import(target);
+    head := biomero_internal.lock_for_import(target);
     EXECUTE format('LOCK TABLE %s IN SHARE MODE', events_table);
 
     -- Every source row must be an event as the libraries store it (no NULL, an id above 0
@@ -197,8 +298,8 @@ BEGIN
 
     positions_advanced := 0;
     IF tracking_table IS NOT NULL THEN
-        PERFORM biomero.check_import_source(tracking_table, 'tracking');
-        wrong := biomero.unexpected_columns(tracking_table, ARRAY[
+        PERFORM biomero_internal.check_import_source(tracking_table, 'tracking');
+        wrong := biomero_internal.unexpected_columns(tracking_table, ARRAY[
             ['application_name', 'text or character varying'],
             ['notification_id', 'bigint or integer']]);
         IF wrong IS NOT NULL THEN
@@ -229,7 +330,7 @@ BEGIN
             tracking_table)
         USING upstream, '__migration__'
         LOOP
-            PERFORM biomero.check_name(source_upstream,
+            PERFORM biomero_internal.check_name(source_upstream,
                                        format('application_name in %s', tracking_table));
         END LOOP;
         -- Multi-row tables hold one row per processed notification, single-row ones one

@@ -2,8 +2,8 @@
 -- rows of one index scan to the caller as they are, where a Rust set-returning function
 -- converts every column of every row to Rust and back (a 1,000-row page cost 2.6x a plain
 -- SELECT from Rust). All of them run with the caller's snapshot, and read no further than
--- biomero.readable_bound allows: nothing a later reader could find below what they returned.
--- Arguments are checked by the same rules as the Rust functions (biomero.check_*).
+-- biomero_internal.readable_bound allows: nothing a later reader could find below what they returned.
+-- Arguments are checked by the same rules as the Rust functions (biomero_internal.check_*).
 
 CREATE FUNCTION biomero.select_notifications(
     application_name text,
@@ -28,12 +28,12 @@ DECLARE
     after_id bigint;
     last_id bigint;
 BEGIN
-    PERFORM biomero.check_name(application, 'application_name');
+    PERFORM biomero_internal.check_name(application, 'application_name');
     IF "limit" IS NULL THEN
         RAISE EXCEPTION '"limit" must not be NULL' USING ERRCODE = 'null_value_not_allowed';
     END IF;
-    PERFORM biomero.check_limit("limit");
-    PERFORM biomero.check_topics(topics);
+    PERFORM biomero_internal.check_limit("limit");
+    PERFORM biomero_internal.check_topics(topics);
     IF inclusive_of_start IS NULL THEN
         RAISE EXCEPTION 'inclusive_of_start must not be NULL' USING ERRCODE = 'null_value_not_allowed';
     END IF;
@@ -45,7 +45,7 @@ BEGIN
         ELSE start
     END;
     last_id := least(coalesce(stop, 9223372036854775807),
-                     coalesce(biomero.readable_bound(application), 9223372036854775807));
+                     coalesce(biomero_internal.readable_bound(application), 9223372036854775807));
     RETURN QUERY
     SELECT e.notification_id, e.originator_id, e.originator_version, e.topic, e.state
     FROM biomero.events AS e
@@ -71,8 +71,8 @@ DECLARE
     application text := max_notification_id.application_name;
     last_id bigint;
 BEGIN
-    PERFORM biomero.check_name(application, 'application_name');
-    last_id := coalesce(biomero.readable_bound(application), 9223372036854775807);
+    PERFORM biomero_internal.check_name(application, 'application_name');
+    last_id := coalesce(biomero_internal.readable_bound(application), 9223372036854775807);
     RETURN (SELECT max(e.notification_id)
             FROM biomero.events AS e
             WHERE e.application_name = application AND e.notification_id <= last_id);
@@ -92,8 +92,8 @@ DECLARE
     follower text := max_tracking_id.application_name;
     upstream text := max_tracking_id.upstream_application_name;
 BEGIN
-    PERFORM biomero.check_name(follower, 'application_name');
-    PERFORM biomero.check_name(upstream, 'upstream_application_name');
+    PERFORM biomero_internal.check_name(follower, 'application_name');
+    PERFORM biomero_internal.check_name(upstream, 'upstream_application_name');
     RETURN (SELECT t.notification_id
             FROM biomero.tracking AS t
             WHERE t.application_name = follower AND t.upstream_application_name = upstream);

@@ -13,6 +13,10 @@ BEGIN
 END
 $encoding$;
 
+-- The helpers of the SQL-language functions and views (argument rules, the read bound, the
+-- lock kinds, the import's checks): used by the API in schema biomero, not part of it.
+CREATE SCHEMA biomero_internal;
+
 -- One row per application name, follower and upstream alike: a small id assigned once, which
 -- keys the extension's locks and shared memory, and the application's settings.
 CREATE SEQUENCE biomero.application_id_seq AS integer;

@@ -47,20 +47,20 @@ FROM biomero.in_flight_appends() AS f;
 -- The extension's locks held or awaited in this database, by name: who holds an
 -- application's append lock (in serialized mode a transaction left open holds up every writer
 -- of it) or a follower's claim. End a stuck holder with pg_terminate_backend(pid). A name
--- whose first use has not committed yet is named too (biomero.application_name_of).
+-- whose first use has not committed yet is named too (biomero_internal.application_name_of).
 CREATE VIEW biomero.locks AS
 SELECT l.pid,
        k.kind,
        coalesce(a.application_name,
-                biomero.application_name_of(l.classid::bigint::integer)) AS application_name,
+                biomero_internal.application_name_of(l.classid::bigint::integer)) AS application_name,
        CASE WHEN k.kind = 'claim'
             THEN coalesce(u.application_name,
-                          biomero.application_name_of(l.objid::bigint::integer))
+                          biomero_internal.application_name_of(l.objid::bigint::integer))
        END AS upstream_application_name,
        l.granted,
        l.waitstart
 FROM pg_catalog.pg_locks AS l
-JOIN biomero.lock_kinds() AS k ON k.objsubid = l.objsubid
+JOIN biomero_internal.lock_kinds() AS k ON k.objsubid = l.objsubid
 JOIN pg_catalog.pg_database AS d ON d.oid = l.database AND d.datname = current_database()
 LEFT JOIN biomero.application_registry AS a ON a.application_id = l.classid::bigint
 LEFT JOIN biomero.application_registry AS u
@@ -69,7 +69,7 @@ WHERE l.locktype = 'advisory'
   -- A lock taken for a name whose first use was rolled back (to a savepoint) holds an id
   -- no name has any more: it stands in nobody's way until its transaction ends.
   AND coalesce(a.application_name,
-               biomero.application_name_of(l.classid::bigint::integer)) IS NOT NULL;
+               biomero_internal.application_name_of(l.classid::bigint::integer)) IS NOT NULL;
 
 CREATE FUNCTION biomero.summary() RETURNS jsonb
 LANGUAGE sql STABLE PARALLEL SAFE

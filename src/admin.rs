@@ -114,37 +114,43 @@ fn restrict_application(
     })?)
 }
 
-/// Used by `biomero.import_eventsourcing`: registers the application, takes its append lock
-/// (so appends wait for the import and the import for appends in progress) and returns the
-/// highest committed id. Refuses applications in concurrent mode or still settling.
-#[pg_extern(volatile, parallel_unsafe)]
-#[search_path(pg_catalog, pg_temp)]
-fn lock_for_import(application_name: Option<&str>) -> Result<i64, ErrorReport> {
-    let application = input::name(application_name, "application_name")?;
-    let _owner = access::as_owner("biomero.lock_for_import")?;
-    Ok(statements::connected(|| {
-        let registered = registry::register(application)?;
-        locks::append(&registered)?;
-        let entry = shared::entry_of(registered.id)?;
-        // The registry row is this transaction's latest: a switch made earlier in the same
-        // transaction counts, though it takes effect only at the commit.
-        let concurrent = registered.mode == Mode::Concurrent
-            || match &entry {
-                Some(entry) => {
-                    ids::ready(&registered, entry)?;
-                    entry.mode() == Mode::Concurrent
-                        || entry.in_flight()
-                        || shared::switching_here(entry)
-                }
-                None => false,
-            };
-        if concurrent {
-            return Err(Error::NotInPrerequisiteState(format!(
-                "application \"{application}\" is in concurrent append mode, or switches \
-                 to it or from it in this transaction: commit \
-                 biomero.set_append_mode('{application}', 'serialized') before importing"
-            )));
-        }
-        Ok(ids::head(application)?.unwrap_or(0))
-    })?)
+/// The import's lock (in schema biomero_internal: a helper of `biomero.import_eventsourcing`).
+#[pg_schema]
+mod biomero_internal {
+    use super::*;
+
+    /// Used by `biomero.import_eventsourcing`: registers the application, takes its append lock
+    /// (so appends wait for the import and the import for appends in progress) and returns the
+    /// highest committed id. Refuses applications in concurrent mode or still settling.
+    #[pg_extern(volatile, parallel_unsafe)]
+    #[search_path(pg_catalog, pg_temp)]
+    fn lock_for_import(application_name: Option<&str>) -> Result<i64, ErrorReport> {
+        let application = input::name(application_name, "application_name")?;
+        let _owner = access::as_owner("biomero.lock_for_import")?;
+        Ok(statements::connected(|| {
+            let registered = registry::register(application)?;
+            locks::append(&registered)?;
+            let entry = shared::entry_of(registered.id)?;
+            // The registry row is this transaction's latest: a switch made earlier in the same
+            // transaction counts, though it takes effect only at the commit.
+            let concurrent = registered.mode == Mode::Concurrent
+                || match &entry {
+                    Some(entry) => {
+                        ids::ready(&registered, entry)?;
+                        entry.mode() == Mode::Concurrent
+                            || entry.in_flight()
+                            || shared::switching_here(entry)
+                    }
+                    None => false,
+                };
+            if concurrent {
+                return Err(Error::NotInPrerequisiteState(format!(
+                    "application \"{application}\" is in concurrent append mode, or switches \
+                     to it or from it in this transaction: commit \
+                     biomero.set_append_mode('{application}', 'serialized') before importing"
+                )));
+            }
+            Ok(ids::head(application)?.unwrap_or(0))
+        })?)
+    }
 }

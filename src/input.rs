@@ -3,7 +3,6 @@
 //! each rule and its message is written once.
 
 use crate::error::{Error, Result};
-use pgrx::pg_sys::panic::ErrorReport;
 use pgrx::prelude::*;
 
 /// Longest application name accepted, in characters. eventsourcing names applications after
@@ -54,29 +53,38 @@ pub fn limit(value: Option<i64>) -> Result<Option<i64>> {
         .transpose()
 }
 
-/// The name rule for SQL-language functions: raises what [`name`] raises.
-#[pg_extern(immutable, parallel_safe)]
-#[search_path(pg_catalog, pg_temp)]
-fn check_name(value: Option<&str>, argument: Option<&str>) -> Result<(), ErrorReport> {
-    name(value, argument.unwrap_or("name"))?;
-    Ok(())
-}
+/// The rules as SQL functions, for the SQL-language functions (in schema biomero_internal:
+/// helpers, not the API).
+#[pg_schema]
+mod biomero_internal {
+    use super::{limit, name, required, topic};
+    use pgrx::pg_sys::panic::ErrorReport;
+    use pgrx::prelude::*;
 
-/// The limit rule for SQL-language functions: raises what [`limit`] raises.
-#[pg_extern(immutable, parallel_safe)]
-#[search_path(pg_catalog, pg_temp)]
-fn check_limit(value: Option<i64>) -> Result<(), ErrorReport> {
-    limit(value)?;
-    Ok(())
-}
-
-/// The topics filter rule for SQL-language functions: an array of non-empty topics.
-#[pg_extern(immutable, parallel_safe)]
-#[search_path(pg_catalog, pg_temp)]
-fn check_topics(topics: Option<Array<&str>>) -> Result<(), ErrorReport> {
-    let topics = required(topics, "topics")?;
-    for (index, wanted) in topics.iter().enumerate() {
-        topic(wanted, &format!("topics[{}]", index + 1))?;
+    /// The name rule for SQL-language functions: raises what [`name`] raises.
+    #[pg_extern(immutable, parallel_safe)]
+    #[search_path(pg_catalog, pg_temp)]
+    fn check_name(value: Option<&str>, argument: Option<&str>) -> Result<(), ErrorReport> {
+        name(value, argument.unwrap_or("name"))?;
+        Ok(())
     }
-    Ok(())
+
+    /// The limit rule for SQL-language functions: raises what [`limit`] raises.
+    #[pg_extern(immutable, parallel_safe)]
+    #[search_path(pg_catalog, pg_temp)]
+    fn check_limit(value: Option<i64>) -> Result<(), ErrorReport> {
+        limit(value)?;
+        Ok(())
+    }
+
+    /// The topics filter rule for SQL-language functions: an array of non-empty topics.
+    #[pg_extern(immutable, parallel_safe)]
+    #[search_path(pg_catalog, pg_temp)]
+    fn check_topics(topics: Option<Array<&str>>) -> Result<(), ErrorReport> {
+        let topics = required(topics, "topics")?;
+        for (index, wanted) in topics.iter().enumerate() {
+            topic(wanted, &format!("topics[{}]", index + 1))?;
+        }
+        Ok(())
+    }
 }

@@ -28,13 +28,6 @@ pub enum LockKind {
 pub const APPEND_LOCK_KIND: i16 = LockKind::Append as i16;
 pub const CLAIM_LOCK_KIND: i16 = LockKind::Claim as i16;
 
-/// The lock kinds by name, for the view `biomero.locks` (one definition of the numbers).
-#[pg_extern(immutable, parallel_safe)]
-#[search_path(pg_catalog, pg_temp)]
-fn lock_kinds() -> TableIterator<'static, (name!(kind, &'static str), name!(objsubid, i16))> {
-    TableIterator::new([("append", APPEND_LOCK_KIND), ("claim", CLAIM_LOCK_KIND)])
-}
-
 fn lock_tag(
     kind: LockKind,
     first: ApplicationId,
@@ -119,4 +112,17 @@ pub fn append(application: &Application) -> Result<()> {
         format!("the append lock of application \"{}\"", application.name)
     })?;
     Ok(())
+}
+
+/// The lock kinds for the view `biomero.locks` (in schema biomero_internal, not the API).
+#[pg_schema]
+mod biomero_internal {
+    use super::*;
+
+    /// The lock kinds by name, for the view `biomero.locks` (one definition of the numbers).
+    #[pg_extern(immutable, parallel_safe)]
+    #[search_path(pg_catalog, pg_temp)]
+    fn lock_kinds() -> TableIterator<'static, (name!(kind, &'static str), name!(objsubid, i16))> {
+        TableIterator::new([("append", APPEND_LOCK_KIND), ("claim", CLAIM_LOCK_KIND)])
+    }
 }

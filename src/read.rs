@@ -78,35 +78,6 @@ fn in_recovery() -> bool {
     unsafe { pg_sys::RecoveryInProgress() }
 }
 
-/// The highest notification id of `application_name` a reader with the caller's snapshot may
-/// return, NULL when it may read everything. On a primary it comes from shared memory (see
-/// `shared.rs`); on a standby it is the horizon the primary published through WAL.
-#[pg_extern(stable, parallel_safe)]
-#[search_path(pg_catalog, pg_temp)]
-fn readable_bound(application_name: Option<&str>) -> Result<Option<i64>, ErrorReport> {
-    let application = input::name(application_name, "application_name")?;
-    Ok(statements::connected(|| {
-        let Some(registered) = registry::find(application, Snapshot::Caller)? else {
-            return Ok(None);
-        };
-        // SAFETY: the snapshot of the statement that called this function.
-        let snapshot = unsafe { pg_sys::GetActiveSnapshot() };
-        // A snapshot taken on a standby keeps the standby's view after a promotion: it reads
-        // up to the horizon the primary published, which that view includes.
-        if in_recovery() || unsafe { (*snapshot).takenDuringRecovery } {
-            return Ok(registered.published_horizon);
-        }
-        let Some(entry) = shared::entry_of(registered.id)? else {
-            return Ok(None);
-        };
-        if !entry.is_ready() {
-            // No concurrent append has begun since the server started.
-            return Ok(None);
-        }
-        Ok(entry.readable_bound(snapshot))
-    })?)
-}
-
 /// The application's live append mode and horizon now (the highest id below every id in
 /// flight; NULL when nothing is in flight in serialized mode). On a standby: the mode and the
 /// horizon published by the primary.
@@ -176,26 +147,6 @@ fn last_taken_id(application_name: Option<&str>) -> Result<Option<i64>, ErrorRep
     })?)
 }
 
-/// The name of registry id `application_id`, also while the transaction registering it has
-/// not committed (for `biomero.locks`, which shows the locks such a transaction holds). For
-/// callers that may read the registry or that view; NULL when there is no such id.
-#[pg_extern(stable, parallel_safe)]
-#[search_path(pg_catalog, pg_temp)]
-fn application_name_of(application_id: Option<i32>) -> Result<Option<String>, ErrorReport> {
-    let Some(id) = application_id else {
-        return Ok(None);
-    };
-    if !catalog::may_select(c"application_registry") && !catalog::may_select(c"locks") {
-        return Err(Error::PermissionDenied(
-            "permission denied to read application names: SELECT on \
-             biomero.application_registry or biomero.locks is needed"
-                .into(),
-        )
-        .into());
-    }
-    Ok(registry::name_including_uncommitted(ApplicationId(id))?)
-}
-
 /// Transactions holding concurrent ids not yet committed, in this database: which application,
 /// which backend, since when, and the lowest id each holds (the horizon is below the lowest).
 // pgrx reads the column names from the signature itself.
@@ -249,4 +200,59 @@ fn in_flight_appends() -> Result<
             .collect::<Vec<_>>())
     })?;
     Ok(TableIterator::new(rows))
+}
+
+/// Helpers of the SQL-language reads and views (in schema biomero_internal, not the API).
+#[pg_schema]
+mod biomero_internal {
+    use super::*;
+
+    /// The highest notification id of `application_name` a reader with the caller's snapshot may
+    /// return, NULL when it may read everything. On a primary it comes from shared memory (see
+    /// `shared.rs`); on a standby it is the horizon the primary published through WAL.
+    #[pg_extern(stable, parallel_safe)]
+    #[search_path(pg_catalog, pg_temp)]
+    fn readable_bound(application_name: Option<&str>) -> Result<Option<i64>, ErrorReport> {
+        let application = input::name(application_name, "application_name")?;
+        Ok(statements::connected(|| {
+            let Some(registered) = registry::find(application, Snapshot::Caller)? else {
+                return Ok(None);
+            };
+            // SAFETY: the snapshot of the statement that called this function.
+            let snapshot = unsafe { pg_sys::GetActiveSnapshot() };
+            // A snapshot taken on a standby keeps the standby's view after a promotion: it reads
+            // up to the horizon the primary published, which that view includes.
+            if in_recovery() || unsafe { (*snapshot).takenDuringRecovery } {
+                return Ok(registered.published_horizon);
+            }
+            let Some(entry) = shared::entry_of(registered.id)? else {
+                return Ok(None);
+            };
+            if !entry.is_ready() {
+                // No concurrent append has begun since the server started.
+                return Ok(None);
+            }
+            Ok(entry.readable_bound(snapshot))
+        })?)
+    }
+
+    /// The name of registry id `application_id`, also while the transaction registering it has
+    /// not committed (for `biomero.locks`, which shows the locks such a transaction holds). For
+    /// callers that may read the registry or that view; NULL when there is no such id.
+    #[pg_extern(stable, parallel_safe)]
+    #[search_path(pg_catalog, pg_temp)]
+    fn application_name_of(application_id: Option<i32>) -> Result<Option<String>, ErrorReport> {
+        let Some(id) = application_id else {
+            return Ok(None);
+        };
+        if !catalog::may_select(c"application_registry") && !catalog::may_select(c"locks") {
+            return Err(Error::PermissionDenied(
+                "permission denied to read application names: SELECT on \
+                 biomero.application_registry or biomero.locks is needed"
+                    .into(),
+            )
+            .into());
+        }
+        Ok(registry::name_including_uncommitted(ApplicationId(id))?)
+    }
 }

@@ -161,7 +161,7 @@ const READS: [&str; 6] = [
     "SELECT biomero.max_tracking_id($2, $1)",
     "SELECT count(*), $2::text FROM biomero.select_notifications($1, NULL, 10)",
     "SELECT count(*), $2::text FROM biomero.select_events($1, gen_random_uuid())",
-    "SELECT biomero.readable_bound($1), $2::text",
+    "SELECT biomero_internal.readable_bound($1), $2::text",
     "SELECT count(*), $2::text FROM biomero.applications WHERE application_name = $1",
 ];
 

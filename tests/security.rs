@@ -233,7 +233,7 @@ fn restricted_applications_admit_only_members_of_their_role() {
         "SELECT biomero.restrict_application($1, NULL)",
         "SELECT biomero.set_append_mode($1, 'serialized')",
         "SELECT biomero.reset_position($1, 'Upstream', 0)",
-        "SELECT biomero.lock_for_import($1)",
+        "SELECT biomero_internal.lock_for_import($1)",
     ] {
         let error = session.query(call, &[&restricted]).unwrap_err();
         assert_eq!(
@@ -407,8 +407,9 @@ fn an_import_needs_select_and_a_lock_privilege_on_the_source() {
              CREATE ROLE {importer}; \
              GRANT USAGE ON SCHEMA biomero TO {importer}; \
              GRANT SELECT, INSERT, UPDATE ON ALL TABLES IN SCHEMA biomero TO {importer}; \
-             GRANT EXECUTE ON FUNCTION biomero.import_eventsourcing, biomero.lock_for_import, \
-               biomero.check_import_source, biomero.unexpected_columns TO {importer}; \
+             GRANT EXECUTE ON FUNCTION biomero.import_eventsourcing, \
+               biomero_internal.lock_for_import, biomero_internal.check_import_source, \
+               biomero_internal.unexpected_columns TO {importer}; \
              GRANT SELECT ON {table} TO {importer};"
         ),
     );

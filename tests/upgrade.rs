@@ -20,7 +20,7 @@ fn catalog(client: &mut Client) -> Vec<String> {
              p.oid::regprocedure, pg_get_function_result(p.oid), p.prosecdef, p.provolatile, \
              p.proisstrict, p.proparallel, p.proconfig, p.proacl, md5(p.prosrc), \
              obj_description(p.oid, 'pg_proc')) \
-         FROM pg_proc p WHERE p.pronamespace = 'biomero'::regnamespace",
+         FROM pg_proc p WHERE p.pronamespace::regnamespace::text IN ('biomero', 'biomero_internal')",
         "SELECT format('relation %s kind=%s acl=%s', c.oid::regclass, c.relkind, c.relacl) \
          FROM pg_class c WHERE c.relnamespace = 'biomero'::regnamespace",
         "SELECT format('column %s.%s %s collation=%s notnull=%s default=%s', c.relname, a.attname, \

@@ -101,15 +101,20 @@ SELECT * FROM biomero.import_eventsourcing('Malformed', 'malformed_events', 'leg
 SELECT count(*) AS imported FROM biomero.events WHERE application_name = 'Malformed';
 DROP TABLE legacy_events, legacy_tracking, malformed_events;
 
--- Every function pins its search_path; nothing is granted to PUBLIC but the read helpers:
--- no table or view (biomero.locks included), and these functions.
+-- Every function pins its search_path; nothing is granted to PUBLIC but what followers read
+-- of a concurrent upstream and the helpers of the reads (schema biomero_internal, which
+-- PUBLIC may use): no table or view (biomero.locks included), and these functions.
 SELECT count(*) AS unpinned FROM pg_proc
-WHERE pronamespace = 'biomero'::regnamespace
+WHERE pronamespace IN ('biomero'::regnamespace, 'biomero_internal'::regnamespace)
   AND NOT coalesce(proconfig, '{}') @> ARRAY['search_path=pg_catalog, pg_temp'];
 SELECT p.oid::regprocedure AS granted_to_public
 FROM pg_proc AS p, aclexplode(p.proacl) AS a
-WHERE p.pronamespace = 'biomero'::regnamespace AND a.grantee = 0
+WHERE p.pronamespace IN ('biomero'::regnamespace, 'biomero_internal'::regnamespace)
+  AND a.grantee = 0
 ORDER BY 1;
+SELECT n.nspname AS schema_usable_by_public
+FROM pg_namespace AS n, aclexplode(n.nspacl) AS a
+WHERE n.nspname LIKE 'biomero%' AND a.grantee = 0 AND a.privilege_type = 'USAGE';
 SELECT c.oid::regclass AS relation_granted_to_public
 FROM pg_class AS c, aclexplode(c.relacl) AS a
 WHERE c.relnamespace = 'biomero'::regnamespace AND a.grantee = 0;
