@@ -220,3 +220,46 @@ fn version_conflict(application: &str, detail: Option<&str>) -> Error {
         version,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn named(detail: Option<&str>) -> (String, String, String) {
+        match version_conflict("WorkflowTracker", detail) {
+            Error::VersionConflict {
+                application,
+                originator_id,
+                version,
+            } => (application, originator_id, version),
+            other => panic!("not a version conflict: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn the_conflict_names_the_aggregate_and_version_from_the_detail() {
+        let detail = "Key (application_name, originator_id, originator_version)=(Workflow, \
+                      Tracker, 0b6c1a94-3b8e-4c59-9a53-7b1e9d0f5a11, 7) already exists.";
+        assert_eq!(
+            named(Some(detail)),
+            (
+                "WorkflowTracker".into(),
+                "0b6c1a94-3b8e-4c59-9a53-7b1e9d0f5a11".into(),
+                "7".into()
+            )
+        );
+        // A name with ", " and "=(" in it does not mislead it: the values are read from the
+        // right.
+        let tricky = "Key (application_name, originator_id, originator_version)=(a=(b, c, \
+                      0b6c1a94-3b8e-4c59-9a53-7b1e9d0f5a11, 12) already exists.";
+        assert_eq!(named(Some(tricky)).2, "12");
+    }
+
+    #[test]
+    fn without_a_detail_the_conflict_still_names_the_application() {
+        assert_eq!(
+            named(None),
+            ("WorkflowTracker".into(), "?".into(), "?".into())
+        );
+    }
+}
