@@ -24,15 +24,7 @@ fn connect(url: &str) -> Client {
 }
 
 fn uuid(rng: &mut impl Rng) -> String {
-    let hex = format!("{:032x}", rng.gen::<u128>());
-    format!(
-        "{}-{}-{}-{}-{}",
-        &hex[0..8],
-        &hex[8..12],
-        &hex[12..16],
-        &hex[16..20],
-        &hex[20..32]
-    )
+    uuid::Uuid::from_u128(rng.gen()).to_string()
 }
 
 struct Command {

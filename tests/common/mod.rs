@@ -167,15 +167,7 @@ pub fn random_uuid() -> String {
 
 /// 128 bits as a UUID in text form (the fuzz test draws them from its seeded generator).
 pub fn uuid_text(bits: u128) -> String {
-    let hex = format!("{bits:032x}");
-    format!(
-        "{}-{}-{}-{}-{}",
-        &hex[0..8],
-        &hex[8..12],
-        &hex[12..16],
-        &hex[16..20],
-        &hex[20..32]
-    )
+    uuid::Uuid::from_u128(bits).to_string()
 }
 
 /// The server's message of a database error, or the whole error when there is none (a broken
