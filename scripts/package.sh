@@ -23,7 +23,7 @@ export PATH="$HOME/.cargo/bin:$PATH"
 
 read -r -a majors <<<"$(pg_majors "$@")"
 version=$EXTENSION_VERSION
-revision=${PACKAGE_REVISION:-1}
+revision=$PACKAGE_REVISION
 arch=$(dpkg --print-architecture)
 maintainer=${PACKAGE_MAINTAINER:-biomero_tracking maintainers <maintainers@biomero-tracking.invalid>}
 out=${PACKAGE_DIR:-target/packages}
@@ -50,8 +50,8 @@ EOF
 
 for major in "${majors[@]}"; do
     pg_config=$(pg_config_of "$major")
-    name="postgresql-$major-biomero-tracking"
-    deb="$out/${name}_$version-${revision}_$arch.deb"
+    name=$(package_name "$major")
+    deb="$out/$(basename "$(package_file "$major")")"
     work=$(mktemp -d /var/tmp/biomero-package.XXXXXX)
     started=$SECONDS
 

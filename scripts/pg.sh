@@ -139,3 +139,14 @@ PG_BIN=${PG_CONFIG%/pg_config}
 EXTENSION_VERSION=$(sed -n 's/^version = "\(.*\)"$/\1/p' \
     "$(dirname "${BASH_SOURCE[0]}")/../Cargo.toml" | head -1)
 test -n "$EXTENSION_VERSION"
+
+# The Debian package of a major (scripts/package.sh builds it, scripts/test-package.sh tests
+# it): its name, and its file in PACKAGE_DIR (default target/packages).
+# shellcheck disable=SC2034
+PACKAGE_REVISION=${PACKAGE_REVISION:-1}
+package_name() {
+    echo "postgresql-$1-biomero-tracking"
+}
+package_file() {
+    echo "${PACKAGE_DIR:-target/packages}/$(package_name "$1")_$EXTENSION_VERSION-${PACKAGE_REVISION}_$(dpkg --print-architecture).deb"
+}

@@ -20,9 +20,7 @@ export PATH="$HOME/.cargo/bin:$PATH"
 
 read -r -a majors <<<"$(pg_majors "$@")"
 version=$EXTENSION_VERSION
-revision=${PACKAGE_REVISION:-1}
-arch=$(dpkg --print-architecture)
-out=${PACKAGE_DIR:-target/packages}
+revision=$PACKAGE_REVISION
 
 say() { printf '[test-package] %s\n' "$*"; }
 fail() {
@@ -42,8 +40,8 @@ trap cleanup EXIT
 
 for major in "${majors[@]}"; do
     pg_check_major "$major"
-    name="postgresql-$major-biomero-tracking"
-    deb="$out/${name}_$version-${revision}_$arch.deb"
+    name=$(package_name "$major")
+    deb=$(package_file "$major")
     started=$SECONDS
     bash scripts/package.sh "$major"
     pg_config=$(pg_config_of "$major")
