@@ -148,6 +148,8 @@ struct Run {
     restricted: Mutex<BTreeSet<String>>,
     next: AtomicU64,
     counts: Mutex<BTreeMap<&'static str, u64>>,
+    /// Mode switches and faults as they happened, for the history a failing seed leaves.
+    timeline: Mutex<Vec<(f64, String)>>,
 }
 
 impl Run {
@@ -157,6 +159,11 @@ impl Run {
 
     fn stopped(&self) -> bool {
         self.stop.load(Ordering::Relaxed)
+    }
+
+    fn note(&self, what: String) {
+        let at = self.now();
+        self.timeline.lock().unwrap().push((at, what));
     }
 
     fn count(&self, what: &'static str) {
@@ -402,6 +409,9 @@ impl Writer<'_> {
                     .query_one("SELECT biomero.set_append_mode($1, $2)", &[&app, &mode])
                     .map_err(|e| (Doing::Switch, e))?;
                 run.count("switches inside writing transactions");
+                run.note(format!(
+                    "writer: {app} to {mode} inside a writing transaction"
+                ));
                 apps = vec![app.to_string()];
             }
             for app in apps.clone() {
@@ -935,6 +945,7 @@ fn admin(run: &Run) {
                     .query_one("SELECT biomero.set_append_mode($1, $2)", &[&app, &mode])
                     .map_err(|e| (Doing::Switch, e))?;
                 run.count("mode switches");
+                run.note(format!("admin: {app} to {mode}"));
                 Ok(())
             }
             30..=39 => {
@@ -944,6 +955,7 @@ fn admin(run: &Run) {
                     client
                         .query_one("SELECT biomero.set_append_mode($1, $2)", &[&app, &mode])
                         .map_err(|e| (Doing::Switch, e))?;
+                    run.note(format!("admin: {app} to {mode}"));
                 }
                 run.count("mode switches");
                 run.count("mode switches");
@@ -1426,6 +1438,7 @@ fn check(seed: u64, seconds: u64) -> Report {
         restricted: Mutex::new(BTreeSet::new()),
         next: AtomicU64::new(0),
         counts: Mutex::new(BTreeMap::new()),
+        timeline: Mutex::new(Vec::new()),
     };
     let run = Arc::new(run);
 
@@ -1496,8 +1509,12 @@ fn check(seed: u64, seconds: u64) -> Report {
         (appends, reads, wakes)
     });
 
+    let history = history(&run, &appends, &wakes);
     let text = analyse(&run, &primary, &replica, appends, reads, wakes, seconds);
     let violations = run.violations.lock().unwrap().clone();
+    if !violations.is_empty() {
+        keep_history(seed, &primary, &history);
+    }
     let control_skips = text.1;
     let control_duplicates = text.2;
     Report {
@@ -1507,6 +1524,50 @@ fn check(seed: u64, seconds: u64) -> Report {
         control_skips,
         control_duplicates,
     }
+}
+
+/// The run as one timeline: commits, wake-ups, mode switches and faults, by time.
+fn history(run: &Run, appends: &[Append], wakes: &[Wake]) -> Vec<(f64, String)> {
+    let mut lines = run.timeline.lock().unwrap().clone();
+    for fault in run.faults.lock().unwrap().iter() {
+        lines.push((
+            fault.from,
+            format!("fault: {:?} until {:.3} s", fault.kind, fault.until),
+        ));
+    }
+    for append in appends {
+        lines.push((
+            append.at,
+            format!(
+                "append {} {:?}: {:?}",
+                append.app, append.outcome, append.ids
+            ),
+        ));
+    }
+    for wake in wakes {
+        lines.push((
+            wake.at,
+            format!("wake {} {}..={}", wake.app, wake.first, wake.last),
+        ));
+    }
+    lines.sort_by(|a, b| a.0.total_cmp(&b.0));
+    lines
+}
+
+/// Leaves a failing seed's timeline and the primary's server log for a look afterwards.
+fn keep_history(seed: u64, primary: &Cluster, history: &[(f64, String)]) {
+    let directory = format!("{}/checker-{seed}", env!("CARGO_TARGET_TMPDIR"));
+    let _ = std::fs::create_dir_all(&directory);
+    let text: String = history
+        .iter()
+        .map(|(at, line)| format!("{at:9.3} {line}\n"))
+        .collect();
+    let _ = std::fs::write(format!("{directory}/timeline.txt"), text);
+    let _ = std::fs::copy(
+        format!("{}/server.log", primary.data),
+        format!("{directory}/primary.log"),
+    );
+    eprintln!("checker: seed {seed}: timeline and server log in {directory}");
 }
 
 /// The checks over the history; returns the report and the controls' findings.
