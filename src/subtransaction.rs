@@ -2,7 +2,7 @@
 //! subtransaction (the pattern of PL/pgSQL's exception blocks), rolled back when it raises.
 
 use crate::error::{Error, Result};
-use pgrx::pg_sys::panic::CaughtError;
+use pgrx::pg_sys::panic::{CaughtError, ErrorReportWithLevel};
 use pgrx::{pg_sys, PgSqlErrorCode, PgTryBuilder};
 
 /// How a step that raised ended.
@@ -88,7 +88,7 @@ fn enter<T>(
                 }
             };
             let code = report.sql_error_code();
-            if expected.contains(&code) {
+            if expected.contains(&code) && !lasts_for_the_transaction(report) {
                 Ended::Expected(code)
             } else if catch_all {
                 Ended::Failed(report.message().to_string())
@@ -103,10 +103,22 @@ fn enter<T>(
     }
 }
 
+/// Whether `report` is a serialization failure of serializable snapshot isolation (read/write
+/// dependencies with other transactions), which PostgreSQL always details with its reason
+/// code; a failure of an update that met a newer row version has no detail. The dependencies
+/// stay until the transactions they are with end (a prepared one may take hours), so a retry
+/// inside the same transaction would meet them again and again: the caller gets the error,
+/// and retries the whole transaction.
+fn lasts_for_the_transaction(report: &ErrorReportWithLevel) -> bool {
+    report.sql_error_code() == PgSqlErrorCode::ERRCODE_T_R_SERIALIZATION_FAILURE
+        && report.detail().is_some()
+}
+
 /// Runs `body` in a subtransaction, again as long as it raises a serialization failure: for
 /// a statement that updates a registry row with the latest snapshot, which under REPEATABLE
 /// READ and SERIALIZABLE still fails when the row was updated after that snapshot was taken
-/// (by the horizon publisher, say). The next attempt's snapshot has that update.
+/// (by the horizon publisher, say). The next attempt's snapshot has that update. A failure of
+/// serializable snapshot isolation is raised at once (see [`lasts_for_the_transaction`]).
 pub fn again_on_conflict<T>(body: impl Fn() -> Result<T>) -> Result<T> {
     loop {
         if let Ok(done) = attempt(
