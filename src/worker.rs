@@ -183,7 +183,15 @@ fn publish(shared: &Shared, published: &mut Published) -> Round {
         return Round::Unchanged; // the extension is not (or no longer) installed here
     };
     let mut changes = Vec::new();
+    let mut waiting = false;
     for entry in shared.entries_of(relation) {
+        // A writer enlisting across a switch to serialized mode holds ids the horizon does
+        // not show yet: a horizon taken back now would announce nothing of them at their
+        // commit. The next round sees its slot.
+        if entry.enlisting() {
+            waiting = true;
+            continue;
+        }
         // The mode-change count first: a change after it is looked at in the next round.
         let state = (entry.switches(), entry.horizon());
         let key = (relation, entry.application());
@@ -192,7 +200,11 @@ fn publish(shared: &Shared, published: &mut Published) -> Round {
         }
     }
     if changes.is_empty() {
-        return Round::Unchanged;
+        return if waiting {
+            Round::Changed
+        } else {
+            Round::Unchanged
+        };
     }
     for (key, state) in changes {
         // One subtransaction per application: an error (or a row another transaction holds)

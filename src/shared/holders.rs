@@ -127,6 +127,13 @@ impl EntryRef {
         (xids, enlisting)
     }
 
+    /// Whether a transaction is between counting itself among the holders and publishing its
+    /// slot: it takes its ids next, above what is taken now, and its commit ends a holding
+    /// that [`horizon`](EntryRef::horizon) cannot see yet.
+    pub fn enlisting(&self) -> bool {
+        self.holders().1
+    }
+
     /// The lowest id of every transaction holding ids of this application.
     pub(super) fn lowest_ids_held(&self) -> impl Iterator<Item = i64> + '_ {
         let index = self.index as i32;
