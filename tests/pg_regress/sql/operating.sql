@@ -111,7 +111,7 @@ SELECT p.oid::regprocedure AS granted_to_public
 FROM pg_proc AS p, aclexplode(p.proacl) AS a
 WHERE p.pronamespace IN ('biomero'::regnamespace, 'biomero_internal'::regnamespace)
   AND a.grantee = 0
-ORDER BY 1;
+ORDER BY p.oid::regprocedure::text;
 SELECT n.nspname AS schema_usable_by_public
 FROM pg_namespace AS n, aclexplode(n.nspacl) AS a
 WHERE n.nspname LIKE 'biomero%' AND a.grantee = 0 AND a.privilege_type = 'USAGE';
