@@ -157,10 +157,6 @@ def report(stack: str, figures: dict[str, Any]) -> None:
         print(f"    {count} x {kind}")
 
 
-@pytest.mark.parametrize(
-    ("stack", "configuration"),
-    [("biomero", "scoped session"), ("biomero-url", "SQLALCHEMY_URL")],
-)
 def scenario_figures(
     database: str,
     results: list[dict[str, Any]],
@@ -192,6 +188,10 @@ def scenario_figures(
     }
 
 
+@pytest.mark.parametrize(
+    ("stack", "configuration"),
+    [("biomero", "scoped session"), ("biomero-url", "SQLALCHEMY_URL")],
+)
 def test_biomero_tracking_processes_every_notification_exactly_once(
     stack: str, configuration: str
 ) -> None:

@@ -13,7 +13,7 @@ import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
-PATCH = Path(__file__).resolve().parents[1] / "biomero" / "biomero-2.8.3.patch"
+PATCH = Path(__file__).resolve().parents[2] / "biomero" / "biomero-2.8.3.patch"
 _HUNK_HEADER = re.compile(r"^@@ -(\d+)(?:,\d+)? \+\d+(?:,\d+)? @@")
 
 

@@ -16,7 +16,7 @@ import psycopg2
 if TYPE_CHECKING:
     from collections.abc import Iterator
 
-REPOSITORY = Path(__file__).resolve().parents[3]
+REPOSITORY = Path(__file__).resolve().parents[4]
 
 
 def url(database: str | None = None, driver: str | None = None) -> str:
