@@ -59,6 +59,11 @@ extension_sql_file!(
     ]
 );
 extension_sql_file!("../sql/adopt.sql", name = "adopt", requires = ["schema"]);
+extension_sql_file!(
+    "../sql/rebuild.sql",
+    name = "rebuild",
+    requires = ["schema", forget_positions]
+);
 extension_sql_file!("../sql/privileges.sql", name = "privileges", finalize);
 
 #[pg_guard]

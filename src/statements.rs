@@ -224,6 +224,18 @@ pub const FORGET_POSITION: Statement = Statement {
     parameters: &[TEXTOID, TEXTOID],
 };
 
+/// The upstreams a follower has a position on, in name order (the order their claims are
+/// taken in when every position is forgotten).
+pub const UPSTREAMS_OF: Statement = Statement {
+    name: "upstreams_of",
+    text: "
+        SELECT upstream_application_name
+        FROM biomero.tracking
+        WHERE application_name = $1
+        ORDER BY upstream_application_name",
+    parameters: &[TEXTOID],
+};
+
 /// One aggregate's events by version in `$order`: one statement per order, so that each
 /// walks the unique index in its own direction.
 macro_rules! aggregate_events {

@@ -1,4 +1,5 @@
-//! Follower positions: record_tracking, claim and reset_position.
+//! Follower positions: record_tracking, claim, reset_position, and the reset tables whose
+//! drop forgets a follower's positions.
 //!
 //! A follower application processes the notifications of an upstream application and records
 //! the last one it processed. Recording is `INSERT … ON CONFLICT DO UPDATE … WHERE` on one row
@@ -11,7 +12,7 @@ use crate::error::{self, Error, Result};
 use crate::ids;
 use crate::input;
 use crate::locks::{self, LockKind};
-use crate::registry::{self, Mode};
+use crate::registry::{self, ApplicationId, Mode};
 use crate::shared;
 use crate::statements::{self, Snapshot};
 use pgrx::pg_sys::panic::ErrorReport;
@@ -251,4 +252,88 @@ fn reset_position(
         }
         Ok(previous)
     })?)
+}
+
+/// A follower's reset table is named `biomero_reset_<registry id>`. eventsourcing-sqlalchemy's
+/// callers reset a follower by dropping its tracking table (BIOMERO's `init_slurm` does, with
+/// the name the follower's recorder gives): dropping the reset table forgets the follower's
+/// positions in the dropping transaction, with whatever else that transaction drops (the event
+/// trigger of sql/rebuild.sql). The id, not the name, keeps it an identifier of any name.
+const RESET_TABLE_PREFIX: &str = "biomero_reset_";
+
+/// The name of the table whose DROP forgets every position of follower `application_name`
+/// (registering the name on first use). The caller creates the table, so it may drop it.
+#[pg_extern(volatile, parallel_unsafe)]
+#[search_path(pg_catalog, pg_temp)]
+fn reset_table_name(application_name: Option<&str>) -> Result<String, ErrorReport> {
+    let follower = input::name(application_name, "application_name")?;
+    let caller = access::caller();
+    let _owner = access::as_owner("biomero.reset_table_name")?;
+    Ok(statements::connected(|| {
+        let registered = registry::register(follower)?;
+        caller.authorize(&registered, Action::RecordPosition)?;
+        Ok(format!("{RESET_TABLE_PREFIX}{}", registered.id.0))
+    })?)
+}
+
+/// The registry id a reset table's name carries.
+fn reset_table_id(table: &str) -> Result<ApplicationId> {
+    table
+        .strip_prefix(RESET_TABLE_PREFIX)
+        .filter(|id| !id.is_empty() && id.bytes().all(|b| b.is_ascii_digit()))
+        .and_then(|id| id.parse::<i32>().ok())
+        .map(ApplicationId)
+        .ok_or_else(|| {
+            Error::InvalidArgument(format!(
+                "\"{table}\" is not the name of a reset table ({RESET_TABLE_PREFIX}<id>)"
+            ))
+        })
+}
+
+#[pg_schema]
+mod biomero_internal {
+    use super::*;
+
+    /// Forgets every position of the follower whose reset table `reset_table` was dropped,
+    /// each after the pair's current processor finishes, and returns how many it forgot.
+    /// Called by the event trigger; granted to nobody, so that dropping a reset table is a
+    /// reset only for the roles an administrator lets reset.
+    #[pg_extern(volatile, parallel_unsafe)]
+    #[search_path(pg_catalog, pg_temp)]
+    fn forget_positions(reset_table: Option<&str>) -> Result<i32, ErrorReport> {
+        let id = reset_table_id(input::required(reset_table, "reset_table")?)?;
+        let caller = access::caller();
+        let _owner = access::as_owner("biomero_internal.forget_positions")?;
+        Ok(statements::connected(|| {
+            let Some(follower) = registry::names(&[id], Snapshot::Latest)?.remove(&id) else {
+                return Ok(0); // an id never registered has no positions
+            };
+            if let Some(registered) = registry::find_latest(&follower)? {
+                caller.authorize(&registered, Action::RecordPosition)?;
+            }
+            let (_, upstreams) = statements::execute(
+                &statements::UPSTREAMS_OF,
+                &[follower.as_str().into_datum()],
+                Snapshot::Latest,
+                |row| row.get::<String>(1),
+            )?;
+            let mut forgotten = 0;
+            for upstream in upstreams.into_iter().flatten() {
+                let previous = take_claim(&follower, &upstream, true)?;
+                statements::execute(
+                    &statements::FORGET_POSITION,
+                    &[
+                        follower.as_str().into_datum(),
+                        upstream.as_str().into_datum(),
+                    ],
+                    Snapshot::Latest,
+                    |_| (),
+                )?;
+                if previous.is_some_and(|position| position > 0) {
+                    forgotten += 1;
+                }
+            }
+            Ok(forgotten)
+        })?)
+    }
 }

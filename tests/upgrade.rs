@@ -8,9 +8,9 @@ use postgres::error::SqlState;
 use postgres::Client;
 
 /// The earlier releases whose install scripts are kept in `sql/archive`.
-const EARLIER_RELEASES: [&str; 3] = ["0.1.0", "0.2.0", "0.3.0"];
+const EARLIER_RELEASES: [&str; 4] = ["0.1.0", "0.2.0", "0.3.0", "0.3.1"];
 /// The earlier releases whose tables are the current ones (the library runs on them as is).
-const RELEASES_WITH_REGISTRY: [&str; 1] = ["0.3.0"];
+const RELEASES_WITH_REGISTRY: [&str; 2] = ["0.3.0", "0.3.1"];
 
 /// Every object of schema biomero, described so that two databases can be compared.
 fn catalog(client: &mut Client) -> Vec<String> {
