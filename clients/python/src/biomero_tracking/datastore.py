@@ -83,6 +83,20 @@ def persistence_error(error: BaseException) -> PersistenceError:
     return library_class(message)
 
 
+_PRESENT = text("SELECT to_regclass(:relation) IS NOT NULL")
+_COMMENT_ON_TABLE = text("SELECT format('COMMENT ON TABLE %I IS %L', :relation, :comment)")
+_COMMENT_ON_VIEW = text("SELECT format('COMMENT ON VIEW %I IS %L', :relation, :comment)")
+#: What creating a relation raises when another session created it meanwhile:
+#: duplicate_table, or unique_violation on the catalog's type name.
+_CREATED_CONCURRENTLY = {"42P07", "23505"}
+
+
+def _sqlstate(error: sqlalchemy.exc.DBAPIError) -> str | None:
+    # psycopg2 names it pgcode, psycopg 3 sqlstate.
+    original = error.orig
+    return getattr(original, "pgcode", None) or getattr(original, "sqlstate", None)
+
+
 def _is_dropped_connection(error: sqlalchemy.exc.DBAPIError) -> bool:
     return bool(error.connection_invalidated)
 
@@ -398,6 +412,39 @@ class Datastore:
             session.commit()
         except sqlalchemy.exc.DBAPIError as error:
             _rollback_quietly(session)
+            raise persistence_error(error) from error
+
+    def create_unless_present(
+        self, relation: Any, create: Any, params: dict[str, Any], *, view: bool, comment: str
+    ) -> str:
+        """Creates the relation that the query ``relation`` names, in the current schema,
+        with the DDL that the query ``create`` returns (the server quotes the names) and
+        ``comment`` (a view's if ``view``), unless a relation of that name is on the search
+        path; returns the name. It commits on a connection of its own, so the relation
+        exists whatever the application's unit of work does next; a concurrent creator's
+        counts as present."""
+        comment_on = _COMMENT_ON_VIEW if view else _COMMENT_ON_TABLE
+        try:
+            with self.engine.connect() as connection, connection.begin():
+                # Never wait for ever on a lock this thread's own session may hold.
+                connection.execute(text("SET LOCAL lock_timeout = '10s'"))
+                name = str(connection.execute(relation, params).scalar())
+                if connection.execute(_PRESENT, {"relation": name}).scalar():
+                    return name
+                try:
+                    with connection.begin_nested():
+                        for ddl in (
+                            connection.execute(create, params).scalar(),
+                            connection.execute(
+                                comment_on, {"relation": name, "comment": comment}
+                            ).scalar(),
+                        ):
+                            connection.execute(text(str(ddl)))
+                except sqlalchemy.exc.DBAPIError as error:
+                    if _sqlstate(error) not in _CREATED_CONCURRENTLY:
+                        raise
+                return name
+        except sqlalchemy.exc.DBAPIError as error:
             raise persistence_error(error) from error
 
     def check_extension(self) -> None:

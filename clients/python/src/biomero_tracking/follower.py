@@ -46,6 +46,15 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 
+class _PositionMovedBack(Exception):  # noqa: N818 - a signal, not an error
+    """A claim found the position below what this process knows was processed: the
+    follower was reset (its reset table dropped). The pull starts again after it."""
+
+    def __init__(self, position: int) -> None:
+        super().__init__(position)
+        self.position = position
+
+
 class ClaimingFollower:
     """Mixin for eventsourcing followers (``ProcessApplication`` and ``Follower``
     subclasses): put it first among the bases.
@@ -118,7 +127,23 @@ class ClaimingFollower:
             # From where this process's policy left off, not from the shared position:
             # what other processes processed meanwhile is replayed, not skipped.
             start = self._seen_positions[leader_name]
-        super().pull_and_process(leader_name, start=start, stop=stop)  # type: ignore[misc]
+        while True:
+            try:
+                super().pull_and_process(leader_name, start=start, stop=stop)  # type: ignore[misc]
+                return
+            except _PositionMovedBack as moved:
+                # Positions only move back by a reset: what lies above the new position is
+                # unprocessed, and is processed in order, from there, by whoever claims it.
+                logger.warning(
+                    "%s: its position on %r was reset to %d; processing again from there",
+                    type(self).__name__,
+                    leader_name,
+                    moved.position,
+                )
+                self._processed_positions[leader_name] = moved.position
+                if leader_name in self._seen_positions:
+                    self._seen_positions[leader_name] = moved.position
+                start = moved.position
 
     def _wait_for_ids_in_flight(self, leader_name: str) -> bool:
         """Waits until the upstream's horizon reaches every id handed out when the pull
@@ -167,6 +192,12 @@ class ClaimingFollower:
         recordings: list[Recording[Any]] = []
         with self.recorder.datastore.processing_transaction() as processing:
             position = self.recorder.claim(upstream)
+            known = max(
+                self._processed_positions.get(upstream, 0), self._seen_positions.get(upstream, 0)
+            )
+            if position < known:
+                processing.discard()
+                raise _PositionMovedBack(position)
             if tracking.notification_id <= position:
                 # Processed by another process (or earlier by this one).
                 self._remember(upstream, position)

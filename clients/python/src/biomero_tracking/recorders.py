@@ -21,6 +21,7 @@ from eventsourcing.persistence import (
     IntegrityError,
     ListenNotifySubscription,
     Notification,
+    PersistenceError,
     ProcessRecorder,
     ProgrammingError,
     StoredEvent,
@@ -68,6 +69,14 @@ _MAX_TRACKING_ID = text(
 _CLAIM = text("SELECT biomero.claim(:application_name, :upstream_application_name)")
 _LAST_TAKEN_ID = text("SELECT biomero.last_taken_id(:application_name)")
 _HORIZON = text("SELECT horizon FROM biomero.append_state(:application_name)")
+_RESET_TABLE = text("SELECT format('CREATE TABLE %I ()', biomero.reset_table_name(:follower))")
+_RESET_TABLE_NAME = text("SELECT biomero.reset_table_name(:follower)")
+_VIEW_NAME = text("SELECT CAST(:view AS text)")
+_EVENTS_VIEW = text(
+    "SELECT format('CREATE VIEW %I AS SELECT notification_id AS id, originator_id, "
+    "originator_version, topic, state FROM biomero.select_notifications(%L, NULL, %s)', "
+    ":view, :application_name, 9223372036854775807)"
+)
 
 
 def _uuid(value: Any) -> UUID:
@@ -227,6 +236,34 @@ class BiomeroApplicationRecorder(BiomeroAggregateRecorder, ApplicationRecorder):
     def max_notification_id(self) -> int | None:
         return self._optional_int(_MAX_NOTIFICATION_ID, application_name=self.application_name)
 
+    @property
+    def events_table_name(self) -> str:
+        """eventsourcing-sqlalchemy's name for the application's events table. Here it is a
+        read-only view of the application's notification log (``id``, ``originator_id``,
+        ``originator_version``, ``topic``, ``state``), for SQL written against that table
+        (BIOMERO's analytics rebuild finds its start there); ``create_table`` creates it."""
+        return f"{self.application_name.lower()}_events"
+
+    def create_table(self) -> None:
+        super().create_table()
+        try:
+            self.datastore.create_unless_present(
+                _VIEW_NAME,
+                _EVENTS_VIEW,
+                {"view": self.events_table_name, "application_name": self.application_name},
+                view=True,
+                comment=f"The notification log of {self.application_name} (biomero_tracking), "
+                "read-only, as eventsourcing-sqlalchemy's events table shows it.",
+            )
+        except PersistenceError as error:
+            # Only SQL written against eventsourcing-sqlalchemy's table needs it.
+            logger.warning(
+                "biomero_tracking: no view %s of %r's events (%s)",
+                self.events_table_name,
+                self.application_name,
+                error,
+            )
+
     def subscribe(
         self, gt: int | None = None, topics: Sequence[str] = ()
     ) -> Subscription[ApplicationRecorder]:
@@ -308,6 +345,33 @@ class BiomeroProcessRecorder(BiomeroTrackingRecorder, BiomeroApplicationRecorder
         super().__init__(datastore, application_name=application_name)
         self.tolerate_recorded_positions = tolerate_recorded_positions
         self._warned = False
+
+    def create_table(self) -> None:
+        # A follower's own events are read through the library; its events_table_name is
+        # its reset table.
+        self.datastore.check_extension()
+
+    @property
+    def tracking_table_name(self) -> str:
+        """What eventsourcing-sqlalchemy's callers drop to reset this follower (BIOMERO's
+        ``init_slurm`` drops it with the read-model tables, then processes the log again):
+        the follower's reset table, created in the current schema when it is not there.
+        Dropping it forgets every position of the follower in the dropping transaction (the
+        dropping role needs EXECUTE on ``biomero_internal.forget_positions``)."""
+        return self.datastore.create_unless_present(
+            _RESET_TABLE_NAME,
+            _RESET_TABLE,
+            {"follower": self.application_name},
+            view=False,
+            comment=f"Dropping this table forgets every position of follower "
+            f"{self.application_name} (biomero_tracking): its read model starts over.",
+        )
+
+    @property
+    def events_table_name(self) -> str:
+        """The reset table too: a follower's committed events are never dropped (readers
+        may have read them), so resetting its read model is all a drop can do."""
+        return self.tracking_table_name
 
     def max_tracking_id(self, application_name: str) -> int | None:
         if self.tolerate_recorded_positions:
