@@ -69,14 +69,20 @@ def biomero_copies(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     }
 
 
-def _worker(site: Path, stack: str, url: str, index: int, workflows: str) -> subprocess.Popen[str]:
+def _worker(
+    site: Path, stack: str, url: str, index: int, workflows: str, **env: str
+) -> subprocess.Popen[str]:
     return subprocess.Popen(
         [sys.executable, str(WORKER), stack, url, str(index), workflows],
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
-        env={**os.environ, "PYTHONPATH": os.pathsep.join([str(site), str(WORKER.parent)])},
+        env={
+            **os.environ,
+            **env,
+            "PYTHONPATH": os.pathsep.join([str(site), str(WORKER.parent)]),
+        },
     )
 
 
@@ -319,3 +325,81 @@ def test_patched_biomero_processes_every_notification_exactly_once(
     assert figures["replay_failures"] == 0
     # Processing was shared: more than one process processed notifications for real.
     assert figures["processors"] > 1
+
+
+def _reset(site: Path, url: str, **env: str) -> dict[str, Any]:
+    worker = _worker(site, "biomero_tracking", url, 0, "reset", **env)
+    try:
+        out, err = worker.communicate("", timeout=TIMEOUT)
+    finally:
+        support.kill_unfinished([worker])
+    assert worker.returncode == 0, f"BIOMERO's reset failed:\n{err}"
+    return support.last_json(out)
+
+
+def test_patched_biomero_resets_and_rebuilds_its_views_exactly_once(
+    biomero_copies: dict[str, Path],
+) -> None:
+    """What ``SlurmClient(init_slurm=True)`` does to the analytics, BIOMERO's own reset
+    path, after four processes ran their commands: the views' tables and their followers'
+    tracking tables (here reset tables) are dropped in one transaction, and the views are
+    rebuilt from the log, first all of it, then from an ``analytics_rebuild_start_time``
+    cutoff that BIOMERO finds in ``workflowtracker_events`` (here the module's view).
+
+    BIOMERO passes the first id it means as ``start`` to ``pull_and_process``, which in
+    eventsourcing 9.5 is exclusive (on the stock stack too): the rebuild processes the
+    notifications after it. Each is processed exactly once, and the tables equal what one
+    process builds from those notifications alone."""
+    site = biomero_copies["patched"]
+    with support.scratch_database("biomero_reset", extension=True) as database:
+        with support.admin(database) as cursor:
+            cursor.execute(AUDIT_DDL)
+        url = support.url(database)
+        results = run_processes(site, "biomero_tracking", url)
+        assert [error for result in results for error in result["errors"]] == []
+        events = leader_events(database, "biomero_tracking")
+        head = len(events)
+        with support.admin(database) as cursor:
+            # A cutoff half-way through, and where BIOMERO's query should start with it,
+            # computed on the extension's table rather than the view BIOMERO reads.
+            timestamp = "(convert_from(state, 'UTF8')::json->'timestamp'->>'_data_')"
+            cursor.execute(
+                f"SELECT {timestamp} FROM biomero.events "  # noqa: S608
+                "WHERE application_name = 'WorkflowTracker' AND notification_id = %s",
+                (head // 2,),
+            )
+            cutoff = str(cursor.fetchone()[0])
+            cursor.execute(
+                "SELECT min(notification_id) FROM biomero.events "  # noqa: S608
+                f"WHERE application_name = 'WorkflowTracker' AND {timestamp} >= %s",
+                (cutoff,),
+            )
+            cutoff_start = int(cursor.fetchone()[0])
+        assert 1 < cutoff_start < head
+
+        for start, env in ((1, {}), (cutoff_start, {"BIOMERO_REBUILD_START_TIME": cutoff})):
+            with support.admin(database) as cursor:
+                cursor.execute("DELETE FROM biomero_test_processed")
+            logged = _reset(site, url, **env)["logged"]
+            assert logged["rebuild_start_unknown"] == 0
+            assert logged["replay_failures"] == 0
+            with support.admin(database) as cursor:
+                cursor.execute(
+                    "SELECT follower, notification_id, count(*) FROM biomero_test_processed "
+                    "GROUP BY follower, notification_id"
+                )
+                processed = {(f, n): c for f, n, c in cursor.fetchall()}
+            expected_pairs = {(f, n) for f in FOLLOWERS for n in range(start + 1, head + 1)}
+            assert set(processed) == expected_pairs, f"rebuild from {start}"
+            assert set(processed.values()) == {1}, f"rebuild from {start}: processed twice"
+            assert positions(database, "biomero_tracking") == dict.fromkeys(FOLLOWERS, head)
+            actual = read_models(database)
+            expected = reference_read_models(site, events[start:])
+            wrong, rows = wrong_rows(actual, expected)
+            assert rows > 0
+            assert wrong == 0, f"rebuild from {start}: {wrong} of {rows} rows wrong"
+            print(
+                f"\nBIOMERO 2.8.3 reset from notification {start} of {head}: "
+                f"{len(processed)} (follower, notification) pairs processed once each, "
+                f"{rows} read-model rows, 0 wrong"
+            )

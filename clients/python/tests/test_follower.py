@@ -117,6 +117,47 @@ def test_a_second_processor_replays_what_the_first_processed(read_model: str) ->
     _close(leader, first, second)
 
 
+def test_a_reset_follower_is_processed_again_in_order_by_a_running_processor(
+    read_model: str,
+) -> None:
+    """Dropping the follower's reset table (with its read model, as BIOMERO's init_slurm
+    does) forgets its position; a processor that was running and knows a higher one
+    processes everything again from the start, in order, rather than only what is new."""
+    calls: list[tuple[str, int]] = []
+
+    def policy(self: Any, domain_event: Any, processing_event: Any) -> None:
+        notification_id = processing_event.tracking.notification_id
+        calls.append((self.label, notification_id))
+        _insert(self.processing_session, read_model, notification_id, self.label)
+
+    leader_class, follower_class = _apps(policy)
+    leader = leader_class(env=_url_env())
+    first, second = follower_class(env=_url_env()), follower_class(env=_url_env())
+    first.label, second.label = "first", "second"
+    for follower in (first, second):
+        follower.follow(leader.name, leader.notification_log)
+    for n in range(5):
+        leader.create(f"thing {n}")
+    first.pull_and_process(leader.name)
+    second.pull_and_process(leader.name)  # replays 1..5
+    reset_table = first.recorder.tracking_table_name
+    assert first.recorder.events_table_name == reset_table
+    with support.admin() as cursor:
+        cursor.execute(f"DROP TABLE {reset_table}; DELETE FROM {read_model}")  # noqa: S608
+    assert first.recorder.max_tracking_id(leader.name) is None
+    calls.clear()
+
+    leader.create("thing 5")
+    second.pull_and_process(leader.name)
+    assert calls == [("second", n) for n in range(1, 7)]
+    assert _rows(read_model) == [(n, "second") for n in range(1, 7)]
+    first.pull_and_process(leader.name)  # replays 6 only: it had seen 1..5
+    assert calls[6:] == [("first", 6)]
+    assert _rows(read_model) == [(n, "second") for n in range(1, 7)]
+    assert first.recorder.max_tracking_id(leader.name) == 6
+    _close(leader, first, second)
+
+
 def test_without_replay_a_second_processor_skips_what_the_first_processed() -> None:
     calls: list[tuple[str, int]] = []
 

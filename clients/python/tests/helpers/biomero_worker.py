@@ -12,7 +12,11 @@ It prints ``ready``, waits for a line on standard input, runs WORKFLOWS workflow
 added), and prints one JSON line with what it did.
 
 With WORKFLOWS = ``reference`` it runs no command: it brings the four views up to date from
-the leader events already in the database, in this one process, and exits.
+the leader events already in the database, in this one process, and exits. With WORKFLOWS =
+``reset`` it runs what ``SlurmClient(init_slurm=True)`` runs after validating the SLURM
+setup: ``initialize_analytics_system(reset_tables=True)``, which drops the views' tables and
+their followers' tracking tables, starts the system again and brings every view up to date
+from ``_find_analytics_start_id()`` (the cutoff ``BIOMERO_REBUILD_START_TIME``, when set).
 
 Every policy run is audited: a row in ``biomero_test_processed`` is written with
 ``EngineManager.get_session()`` just before BIOMERO's policy runs, so it commits exactly
@@ -54,11 +58,14 @@ class Collector(logging.Handler):
                 if "Logged once per follower" in m
             ),
             "replay_failures": sum("the replay of notification" in m for m in messages),
+            "rebuild_start_unknown": sum(
+                "Could not determine analytics rebuild" in m for m in messages
+            ),
             "by_kind": Counter(m.splitlines()[0][:90] for m in messages).most_common(6),
         }
 
 
-def analytics_client(url: str) -> Any:
+def analytics_client(url: str, *, reset: bool = False) -> Any:
     from biomero.slurm_client import SlurmClient
 
     client = SlurmClient(config_only=True)
@@ -67,7 +74,8 @@ def analytics_client(url: str) -> Any:
     client.enable_job_progress = True
     client.enable_workflow_analytics = True
     client.sqlalchemy_url = url
-    client.initialize_analytics_system(reset_tables=False)
+    client.analytics_rebuild_start_time = os.environ.get("BIOMERO_REBUILD_START_TIME")
+    client.initialize_analytics_system(reset_tables=reset)
     return client
 
 
@@ -80,33 +88,34 @@ def listeners(client: Any) -> list[Any]:
     return [runner.apps[name] for name in names]
 
 
-def audit(client: Any) -> None:
+def audit() -> None:
+    """Wraps the four views' policies, in their classes: the runners BIOMERO starts again
+    (a reset starts a second one) run the audited policy too."""
     from biomero.database import EngineManager
+    from biomero.views import JobAccounting, JobProgress, WorkflowAnalytics, WorkflowProgress
     from sqlalchemy import text
 
     statement = text(
         "INSERT INTO biomero_test_processed (follower, notification_id, pid) "
         "VALUES (:follower, :notification_id, :pid)"
     )
-    for listener in listeners(client):
+    for view in (JobAccounting, JobProgress, WorkflowProgress, WorkflowAnalytics):
+        policy = view.__dict__["policy"]
 
         def audited(
-            domain_event: Any,
-            processing_event: Any,
-            policy: Any = listener.policy,
-            follower: str = listener.name,
+            self: Any, domain_event: Any, processing_event: Any, policy: Any = policy
         ) -> None:
             EngineManager.get_session().execute(
                 statement,
                 {
-                    "follower": follower,
+                    "follower": self.name,
                     "notification_id": processing_event.tracking.notification_id,
                     "pid": os.getpid(),
                 },
             )
-            policy(domain_event, processing_event)
+            policy.__get__(self, type(self))(domain_event, processing_event)
 
-        listener.policy = audited
+        view.policy = audited
 
 
 def main() -> None:
@@ -120,8 +129,11 @@ def main() -> None:
 
     import biomero
 
-    client = analytics_client(url)
-    audit(client)
+    audit()
+    client = analytics_client(url, reset=workflows_text == "reset")
+    if workflows_text == "reset":
+        print(json.dumps({"biomero": biomero.__file__, "logged": collector.summary()}))
+        return
     if workflows_text == "reference":
         for listener in listeners(client):
             listener.pull_and_process("WorkflowTracker")
