@@ -68,5 +68,19 @@ if [ -f clients/python/requirements-test.txt ]; then
         "$venv/bin/pip" install --quiet --no-deps -e clients/python
         printf '%s' "$wanted" >"$stamp"
     fi
+    # BIOMERO's own unit tests ship in its source distribution only
+    # (clients/python/tests/test_biomero_suite.py runs them); kept inside the venv, so a new
+    # venv fetches them again.
+    sdist=biomero-2.8.3.tar.gz
+    if [ ! -d "$venv/biomero-2.8.3/tests/unit" ]; then
+        say "fetching BIOMERO 2.8.3's source distribution (its unit tests)"
+        download=$(mktemp -d)
+        "$venv/bin/pip" download --quiet --no-deps --no-binary :all: biomero==2.8.3 \
+            -d "$download"
+        echo "39b6f0abfda594d76a4666e4f4012405bcf831e3185cdd9fc71644d31e1434be  $download/$sdist" \
+            | sha256sum --check --quiet
+        tar -xzf "$download/$sdist" -C "$venv"
+        rm -rf "$download"
+    fi
 fi
 say "ready"

@@ -106,8 +106,13 @@ for major in "${majors[@]}"; do
     fi
     step "$major" "regression tests" env PG_MAJOR="$major" bash scripts/test-regress.sh
     step "$major" "isolation tests" env PG_MAJOR="$major" bash scripts/test-isolation.sh
-    if [ "$major" != 18 ]; then
+    # BIOMERO's own unit tests (two runs of its ~390 tests, a database each) run on 16, the
+    # major BIOMERO deploys; the other majors run the rest of the Python suite.
+    if [ "$major" = 16 ]; then
         step "$major" "Python client" env PG_MAJOR="$major" bash scripts/test-python.sh
+    elif [ "$major" != 18 ]; then
+        step "$major" "Python client" env PG_MAJOR="$major" bash scripts/test-python.sh \
+            --deselect tests/test_biomero_suite.py
     fi
 done
 
