@@ -3,6 +3,8 @@
 # (default 15: the system PostgreSQL; scripts/pg.sh says where each major is).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# What is missing first (Rust, cargo-pgrx, the PostgreSQL majors): quick when present.
+bash scripts/setup.sh >&2
 source scripts/pg.sh
 export PATH="$HOME/.cargo/bin:$PATH"
 

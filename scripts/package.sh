@@ -17,6 +17,8 @@
 # shipped: an existing database is updated with ALTER EXTENSION biomero_tracking UPDATE.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# What is missing first (Rust, cargo-pgrx, the PostgreSQL majors): quick when present.
+bash scripts/setup.sh >&2
 root=$PWD
 source scripts/pg.sh
 export PATH="$HOME/.cargo/bin:$PATH"
