@@ -232,26 +232,36 @@ fn reset_position(
         if let Some(registered) = registry::find_latest(follower)? {
             caller.authorize(&registered, Action::RecordPosition)?;
         }
-        let previous = take_claim(follower, upstream, true)?.filter(|&position| position > 0);
-        let arguments = [follower.into_datum(), upstream.into_datum()];
         if notification_id == 0 {
-            statements::execute(
-                &statements::FORGET_POSITION,
-                &arguments,
-                Snapshot::Latest,
-                |_| (),
-            )?;
-        } else {
-            let arguments = [arguments[0], arguments[1], notification_id.into_datum()];
-            statements::execute(
-                &statements::SET_POSITION,
-                &arguments,
-                Snapshot::Latest,
-                |_| (),
-            )?;
+            return forget(follower, upstream);
         }
+        let previous = take_claim(follower, upstream, true)?.filter(|&position| position > 0);
+        let arguments = [
+            follower.into_datum(),
+            upstream.into_datum(),
+            notification_id.into_datum(),
+        ];
+        statements::execute(
+            &statements::SET_POSITION,
+            &arguments,
+            Snapshot::Latest,
+            |_| (),
+        )?;
         Ok(previous)
     })?)
+}
+
+/// Forgets the pair's position after its current processor finishes; returns the position
+/// forgotten (NULL when none).
+fn forget(follower: &str, upstream: &str) -> Result<Option<i64>> {
+    let previous = take_claim(follower, upstream, true)?.filter(|&position| position > 0);
+    statements::execute(
+        &statements::FORGET_POSITION,
+        &[follower.into_datum(), upstream.into_datum()],
+        Snapshot::Latest,
+        |_| (),
+    )?;
+    Ok(previous)
 }
 
 /// A follower's reset table is named `biomero_reset_<registry id>`. eventsourcing-sqlalchemy's
@@ -280,7 +290,7 @@ fn reset_table_name(application_name: Option<&str>) -> Result<String, ErrorRepor
 fn reset_table_id(table: &str) -> Result<ApplicationId> {
     table
         .strip_prefix(RESET_TABLE_PREFIX)
-        .filter(|id| !id.is_empty() && id.bytes().all(|b| b.is_ascii_digit()))
+        .filter(|id| id.bytes().all(|b| b.is_ascii_digit()))
         .and_then(|id| id.parse::<i32>().ok())
         .map(ApplicationId)
         .ok_or_else(|| {
@@ -319,17 +329,7 @@ mod biomero_internal {
             )?;
             let mut forgotten = 0;
             for upstream in upstreams.into_iter().flatten() {
-                let previous = take_claim(&follower, &upstream, true)?;
-                statements::execute(
-                    &statements::FORGET_POSITION,
-                    &[
-                        follower.as_str().into_datum(),
-                        upstream.as_str().into_datum(),
-                    ],
-                    Snapshot::Latest,
-                    |_| (),
-                )?;
-                if previous.is_some_and(|position| position > 0) {
+                if forget(&follower, &upstream)?.is_some() {
                     forgotten += 1;
                 }
             }

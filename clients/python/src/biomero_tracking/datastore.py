@@ -418,7 +418,8 @@ class Datastore:
         self, relation: Any, create: Any, params: dict[str, Any], *, view: bool, comment: str
     ) -> str:
         """Creates the relation that the query ``relation`` names, in the current schema,
-        with the DDL that the query ``create`` returns (the server quotes the names) and
+        with the DDL that the query ``create`` returns for it (given the name as
+        ``relation``; the server quotes it) and
         ``comment`` (a view's if ``view``), unless a relation of that name is on the search
         path; returns the name. It commits on a connection of its own, so the relation
         exists whatever the application's unit of work does next; a concurrent creator's
@@ -434,7 +435,7 @@ class Datastore:
                 try:
                     with connection.begin_nested():
                         for ddl in (
-                            connection.execute(create, params).scalar(),
+                            connection.execute(create, {**params, "relation": name}).scalar(),
                             connection.execute(
                                 comment_on, {"relation": name, "comment": comment}
                             ).scalar(),

@@ -69,13 +69,13 @@ _MAX_TRACKING_ID = text(
 _CLAIM = text("SELECT biomero.claim(:application_name, :upstream_application_name)")
 _LAST_TAKEN_ID = text("SELECT biomero.last_taken_id(:application_name)")
 _HORIZON = text("SELECT horizon FROM biomero.append_state(:application_name)")
-_RESET_TABLE = text("SELECT format('CREATE TABLE %I ()', biomero.reset_table_name(:follower))")
+_RESET_TABLE = text("SELECT format('CREATE TABLE %I ()', :relation)")
 _RESET_TABLE_NAME = text("SELECT biomero.reset_table_name(:follower)")
-_VIEW_NAME = text("SELECT CAST(:view AS text)")
+_VIEW_NAME = text("SELECT CAST(:relation AS text)")
 _EVENTS_VIEW = text(
     "SELECT format('CREATE VIEW %I AS SELECT notification_id AS id, originator_id, "
     "originator_version, topic, state FROM biomero.select_notifications(%L, NULL, %s)', "
-    ":view, :application_name, 9223372036854775807)"
+    ":relation, :application_name, 9223372036854775807)"
 )
 
 
@@ -250,7 +250,7 @@ class BiomeroApplicationRecorder(BiomeroAggregateRecorder, ApplicationRecorder):
             self.datastore.create_unless_present(
                 _VIEW_NAME,
                 _EVENTS_VIEW,
-                {"view": self.events_table_name, "application_name": self.application_name},
+                {"relation": self.events_table_name, "application_name": self.application_name},
                 view=True,
                 comment=f"The notification log of {self.application_name} (biomero_tracking), "
                 "read-only, as eventsourcing-sqlalchemy's events table shows it.",
