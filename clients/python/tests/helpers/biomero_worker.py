@@ -18,9 +18,11 @@ setup: ``initialize_analytics_system(reset_tables=True)``, which drops the views
 their followers' tracking tables, starts the system again and brings every view up to date
 from ``_find_analytics_start_id()`` (the cutoff ``BIOMERO_REBUILD_START_TIME``, when set).
 
-Every policy run is audited: a row in ``biomero_test_processed`` is written with
-``EngineManager.get_session()`` just before BIOMERO's policy runs, so it commits exactly
-when the policy's own writes do (rolled back with a replay or a failed processing).
+Every policy run is audited: a row in ``biomero_test_processed`` is written and committed
+with ``EngineManager`` just before BIOMERO's policy runs. On the module that is inside the
+processing transaction, so it commits exactly when the processing does (rolled back with a
+replay or a failed processing); on the stock stack it commits at once, like the policy's
+own writes.
 """
 
 from __future__ import annotations
@@ -113,6 +115,11 @@ def audit() -> None:
                     "pid": os.getpid(),
                 },
             )
+            # Committed before the policy runs, so that a rollback the policy makes of its
+            # own writes (BIOMERO's views roll back an IntegrityError and go on) keeps it;
+            # on this module that commit is a savepoint's release inside the processing
+            # transaction, so the row still commits exactly when the processing does.
+            EngineManager.commit()
             policy.__get__(self, type(self))(domain_event, processing_event)
 
         view.policy = audited
