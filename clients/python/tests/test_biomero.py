@@ -20,38 +20,31 @@ the installed package (tests/helpers/biomero_patch.py) that the worker imports f
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 import time
 from collections import Counter
 from pathlib import Path
 from typing import Any
 
-import psycopg2
 import pytest
 import support
 from biomero_patch import biomero_copy, installed_biomero
+from biomero_runs import (
+    AUDIT_DDL,
+    FOLLOWERS,
+    PROCESSES,
+    TIMEOUT,
+    WORKFLOWS_PER_PROCESS,
+    leader_events,
+    positions,
+    read_models,
+    reference_read_models,
+    run_processes,
+    start_worker,
+    wrong_rows,
+)
 
-PROCESSES = 4
-WORKFLOWS_PER_PROCESS = 4
 COMMANDS_PER_WORKFLOW = 11
 EVENTS_PER_COMMAND = {"add_task_to_workflow": 2}  # every other command saves one event
-FOLLOWERS = ("JobAccounting", "JobProgress", "WorkflowProgress", "WorkflowAnalytics")
-#: BIOMERO's read-model tables and their primary keys.
-READ_MODELS = {
-    "biomero_job_view": "slurm_job_id",
-    "biomero_job_progress_view": "slurm_job_id",
-    "biomero_workflow_progress_view": "workflow_id",
-    "biomero_task_execution": "task_id",
-}
-WORKER = Path(__file__).parent / "helpers" / "biomero_worker.py"
-#: The workers' audit of policy runs (see tests/helpers/biomero_worker.py).
-AUDIT_DDL = (
-    "CREATE TABLE biomero_test_processed (follower text NOT NULL, "
-    "notification_id bigint NOT NULL, pid integer NOT NULL)"
-)
-TIMEOUT = 180
 
 PATCHED = ("biomero/slurm_client.py", "biomero/views.py")
 FIRST_LINE_ONLY = ("biomero/slurm_client.py",)
@@ -69,100 +62,6 @@ def biomero_copies(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     }
 
 
-def _worker(
-    site: Path, stack: str, url: str, index: int, workflows: str, **env: str
-) -> subprocess.Popen[str]:
-    return subprocess.Popen(
-        [sys.executable, str(WORKER), stack, url, str(index), workflows],
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env={
-            **os.environ,
-            **env,
-            "PYTHONPATH": os.pathsep.join([str(site), str(WORKER.parent)]),
-        },
-    )
-
-
-def run_processes(site: Path, stack: str, url: str) -> list[dict[str, Any]]:
-    # A first process alone builds the system once (BIOMERO creates its view tables then,
-    # the stock stack its own tables), so that the concurrent ones race on processing only.
-    warm_up = _worker(site, stack, url, 99, "0")
-    try:
-        out, err = warm_up.communicate("go\n", timeout=TIMEOUT)
-    finally:
-        support.kill_unfinished([warm_up])
-    assert warm_up.returncode == 0, f"BIOMERO could not start:\n{err}"
-    assert support.last_json(out)["biomero"].startswith(str(site)), "imported another BIOMERO"
-
-    workers = [_worker(site, stack, url, i, str(WORKFLOWS_PER_PROCESS)) for i in range(PROCESSES)]
-    return support.run_together(workers, TIMEOUT)
-
-
-def leader_events(database: str, stack: str) -> list[tuple[str, int, str, bytes]]:
-    query = (
-        "SELECT originator_id::text, originator_version, topic, state FROM biomero.events "
-        "WHERE application_name = 'WorkflowTracker' ORDER BY notification_id"
-        if stack == "biomero_tracking"
-        else "SELECT originator_id::text, originator_version, topic, state "
-        "FROM workflowtracker_events ORDER BY id"
-    )
-    with support.admin(database) as cursor:
-        cursor.execute(query)
-        return [(row[0], row[1], row[2], bytes(row[3])) for row in cursor.fetchall()]
-
-
-def read_models(database: str) -> dict[str, dict[Any, tuple[Any, ...]]]:
-    tables: dict[str, dict[Any, tuple[Any, ...]]] = {}
-    with support.admin(database) as cursor:
-        for table, key in READ_MODELS.items():
-            cursor.execute(f"SELECT * FROM {table} ORDER BY {key}")  # noqa: S608
-            columns = [column.name for column in cursor.description]
-            position = columns.index(key)
-            tables[table] = {row[position]: tuple(row) for row in cursor.fetchall()}
-    return tables
-
-
-def reference_read_models(
-    site: Path, events: list[tuple[str, int, str, bytes]]
-) -> dict[str, dict[Any, tuple[Any, ...]]]:
-    """What BIOMERO's four views build in one process from the same leader events."""
-    with support.scratch_database("biomero_reference", extension=True) as database:
-        with support.admin(database) as cursor:
-            cursor.execute(AUDIT_DDL)
-            cursor.execute(
-                "SELECT biomero.record_events('WorkflowTracker', %s::uuid[], %s::bigint[], "
-                "%s::text[], %s::bytea[])",
-                (
-                    [e[0] for e in events],
-                    [e[1] for e in events],
-                    [e[2] for e in events],
-                    [psycopg2.Binary(e[3]) for e in events],
-                ),
-            )
-        worker = _worker(site, "biomero_tracking", support.url(database), 0, "reference")
-        try:
-            out, err = worker.communicate("", timeout=TIMEOUT)
-        finally:
-            support.kill_unfinished([worker])
-        assert worker.returncode == 0, err
-        return read_models(database)
-
-
-def wrong_rows(
-    actual: dict[str, dict[Any, tuple[Any, ...]]],
-    expected: dict[str, dict[Any, tuple[Any, ...]]],
-) -> tuple[int, int]:
-    """(rows missing, extra or different, rows expected), over the four tables."""
-    wrong = 0
-    for table, rows in expected.items():
-        keys = set(rows) | set(actual[table])
-        wrong += sum(actual[table].get(key) != rows.get(key) for key in keys)
-    return wrong, sum(len(rows) for rows in expected.values())
-
-
 def processing_figures(database: str, head: int) -> tuple[int, int, int]:
     """(duplicate processings, (follower, notification) pairs never processed, processes
     that processed something for real)."""
@@ -177,26 +76,6 @@ def processing_figures(database: str, head: int) -> tuple[int, int, int]:
     duplicates = sum(c - 1 for c in counts.values())
     missing = sum((follower, n) not in counts for follower in FOLLOWERS for n in range(1, head + 1))
     return duplicates, missing, processors
-
-
-def positions(database: str, stack: str) -> dict[str, int | None]:
-    found: dict[str, int | None] = {}
-    with support.admin(database) as cursor:
-        for follower in FOLLOWERS:
-            if stack == "biomero_tracking":
-                cursor.execute(
-                    "SELECT notification_id FROM biomero.tracking WHERE application_name = %s "
-                    "AND upstream_application_name = 'WorkflowTracker'",
-                    (follower,),
-                )
-            else:
-                cursor.execute(
-                    f"SELECT max(notification_id) FROM {follower.lower()}_tracking "  # noqa: S608
-                    "WHERE application_name = 'WorkflowTracker'"
-                )
-            row = cursor.fetchone()
-            found[follower] = None if row is None else row[0]
-    return found
 
 
 def biomero_run(copies: dict[str, Path], variant: str, stack: str, label: str) -> dict[str, Any]:
@@ -328,7 +207,7 @@ def test_patched_biomero_processes_every_notification_exactly_once(
 
 
 def _reset(site: Path, url: str, **env: str) -> dict[str, Any]:
-    worker = _worker(site, "biomero_tracking", url, 0, "reset", **env)
+    worker = start_worker(site, "biomero_tracking", url, 0, "reset", **env)
     try:
         out, err = worker.communicate("", timeout=TIMEOUT)
     finally:
