@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Runs the snippets of README.md, so that none can rot: the ```sh blocks line by line (but
 # for the lines whose own test is elsewhere: this test suite, and building and installing a
-# Debian package, which scripts/test-package.sh does), then the ```sql blocks in order with
+# Debian package, which scripts/test-package.sh does; and the docker lines, counted and named:
+# no Docker engine runs on the test machines), then the ```sql blocks in order with
 # psql, stopping at the first error, in a new database of a throwaway cluster with the
 # extension installed and preloaded.
 #   scripts/test-readme.sh
@@ -18,15 +19,18 @@ blocks() { # language -> the lines of every fenced block in that language, in or
         inside { print }' README.md
 }
 
+docker_lines=0
 while IFS= read -r line; do
     command=${line%%#*}
     command=${command%"${command##*[![:space:]]}"}
     case "$command" in
     "" | "bash scripts/test.sh" | "bash scripts/package.sh "* | "dpkg -i "*) continue ;;
+    "docker "*) docker_lines=$((docker_lines + 1)) && continue ;;
     esac
     echo "[test-readme] $command"
     bash -c "$command" >/dev/null
 done < <(blocks sh)
+echo "[test-readme] not run: $docker_lines docker lines (no Docker engine here)"
 
 dir=/var/tmp/biomero-readme-$$
 trap 'bash "$root/scripts/cluster.sh" stop "$dir"' EXIT
