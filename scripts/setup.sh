@@ -71,16 +71,28 @@ if [ -f clients/python/requirements-test.txt ]; then
     # BIOMERO's own unit tests ship in its source distribution only
     # (clients/python/tests/test_biomero_suite.py runs them); kept inside the venv, so a new
     # venv fetches them again.
-    sdist=biomero-2.8.3.tar.gz
-    if [ ! -d "$venv/biomero-2.8.3/tests/unit" ]; then
-        say "fetching BIOMERO 2.8.3's source distribution (its unit tests)"
-        download=$(mktemp -d)
-        "$venv/bin/pip" download --quiet --no-deps --no-binary :all: biomero==2.8.3 \
-            -d "$download"
-        echo "39b6f0abfda594d76a4666e4f4012405bcf831e3185cdd9fc71644d31e1434be  $download/$sdist" \
-            | sha256sum --check --quiet
-        tar -xzf "$download/$sdist" -C "$venv"
-        rm -rf "$download"
+    fetch_sdist() { # version sha256
+        if [ ! -d "$venv/biomero-$1/tests/unit" ]; then
+            say "fetching BIOMERO $1's source distribution (its unit tests)"
+            download=$(mktemp -d)
+            "$venv/bin/pip" download --quiet --no-deps --no-binary :all: "biomero==$1" \
+                -d "$download"
+            echo "$2  $download/biomero-$1.tar.gz" | sha256sum --check --quiet
+            tar -xzf "$download/biomero-$1.tar.gz" -C "$venv"
+            rm -rf "$download"
+        fi
+    }
+    fetch_sdist 2.8.3 39b6f0abfda594d76a4666e4f4012405bcf831e3185cdd9fc71644d31e1434be
+    fetch_sdist 2.9.0b15 82ca6f29bf9ee703f0e040b316c4cd21ff76d6bd562e487f93ac30a1b7234c2a
+    # BIOMERO's newest pre-release beside the installed 2.8.3, for the tests to put first on
+    # PYTHONPATH.
+    site29="$venv/biomero-2.9.0b15-site"
+    if [ ! -f "$site29/.installed" ]; then
+        say "installing BIOMERO 2.9.0b15 into $site29"
+        rm -rf "$site29"
+        "$venv/bin/pip" install --quiet --no-deps --require-hashes --target "$site29" \
+            -r clients/python/requirements-biomero-2.9.txt
+        touch "$site29/.installed"
     fi
 fi
 say "ready"

@@ -1,5 +1,6 @@
-"""BIOMERO 2.8.3's own code, from the package registry, on one database shared by four OS
-processes, each running 44 workflow commands at the same time as the others.
+"""BIOMERO's own code (2.8.3, and the pre-release 2.9.0b15), from the package registry, on
+one database shared by four OS processes, each running 44 workflow commands at the same
+time as the others.
 
 Three runs, each against its own database:
 
@@ -27,7 +28,7 @@ from typing import Any
 
 import pytest
 import support
-from biomero_patch import biomero_copy, installed_biomero
+from biomero_patch import RELEASES, biomero_copy, release_site
 from biomero_runs import (
     AUDIT_DDL,
     FOLLOWERS,
@@ -50,15 +51,20 @@ PATCHED = ("biomero/slurm_client.py", "biomero/views.py")
 FIRST_LINE_ONLY = ("biomero/slurm_client.py",)
 
 
+@pytest.fixture(scope="module", params=RELEASES)
+def release(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
 @pytest.fixture(scope="module")
-def biomero_copies(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    """BIOMERO as installed, and two copies: patched, and patched without the line that
-    changes the followers' base class."""
+def biomero_copies(tmp_path_factory: pytest.TempPathFactory, release: str) -> dict[str, Path]:
+    """BIOMERO ``release`` as released, and two copies: patched, and patched without the line
+    that changes the followers' base class."""
     root = tmp_path_factory.mktemp("biomero")
     return {
-        "stock": installed_biomero().parent,
-        "patched": biomero_copy(root / "patched", PATCHED),
-        "first-line": biomero_copy(root / "first-line", FIRST_LINE_ONLY),
+        "stock": release_site(release),
+        "patched": biomero_copy(root / "patched", PATCHED, release),
+        "first-line": biomero_copy(root / "first-line", FIRST_LINE_ONLY, release),
     }
 
 
@@ -129,7 +135,7 @@ def biomero_run(copies: dict[str, Path], variant: str, stack: str, label: str) -
 
 def report(figures: dict[str, Any], results: list[dict[str, Any]]) -> None:
     line = (
-        f"BIOMERO 2.8.3 [{figures['label']}]: {PROCESSES} processes, {figures['commands']} "
+        f"BIOMERO {figures['label']}: {PROCESSES} processes, {figures['commands']} "
         f"commands ({figures['skipped']} skipped), {figures['raised']} raised, "
         f"{figures['events']} leader events stored where the successful commands imply "
         f"{figures['implied']} ({figures['initiated']} WorkflowInitiated for "
@@ -149,8 +155,10 @@ def report(figures: dict[str, Any], results: list[dict[str, Any]]) -> None:
             print(f"    [{result['index']}] logged {count} x {kind}")
 
 
-def test_stock_stack_shows_the_race(biomero_copies: dict[str, Path]) -> None:
-    figures = biomero_run(biomero_copies, "stock", "eventsourcing_sqlalchemy", "stock stack")
+def test_stock_stack_shows_the_race(biomero_copies: dict[str, Path], release: str) -> None:
+    figures = biomero_run(
+        biomero_copies, "stock", "eventsourcing_sqlalchemy", f"{release} [stock stack]"
+    )
     assert figures["commands"] + figures["skipped"] == figures["planned"]
     raced = (
         figures["raised"]
@@ -162,13 +170,13 @@ def test_stock_stack_shows_the_race(biomero_copies: dict[str, Path]) -> None:
 
 
 def test_library_followers_on_biomero_tracking_raise_nothing(
-    biomero_copies: dict[str, Path],
+    biomero_copies: dict[str, Path], release: str
 ) -> None:
     figures = biomero_run(
         biomero_copies,
         "first-line",
         "biomero_tracking",
-        "biomero_tracking, library followers (patch without the base-class line)",
+        f"{release} [biomero_tracking, library followers (patch without the base-class line)]",
     )
     assert figures["commands"] == figures["planned"]
     assert figures["errors"] == []
@@ -186,10 +194,10 @@ def test_library_followers_on_biomero_tracking_raise_nothing(
 
 
 def test_patched_biomero_processes_every_notification_exactly_once(
-    biomero_copies: dict[str, Path],
+    biomero_copies: dict[str, Path], release: str
 ) -> None:
     figures = biomero_run(
-        biomero_copies, "patched", "biomero_tracking", "biomero_tracking, patched"
+        biomero_copies, "patched", "biomero_tracking", f"{release} [biomero_tracking, patched]"
     )
     assert figures["commands"] == figures["planned"]
     assert figures["errors"] == []
@@ -217,7 +225,7 @@ def _reset(site: Path, url: str, **env: str) -> dict[str, Any]:
 
 
 def test_patched_biomero_resets_and_rebuilds_its_views_exactly_once(
-    biomero_copies: dict[str, Path],
+    biomero_copies: dict[str, Path], release: str
 ) -> None:
     """What ``SlurmClient(init_slurm=True)`` does to the analytics, BIOMERO's own reset
     path, after four processes ran their commands: the views' tables and their followers'
@@ -273,12 +281,12 @@ def test_patched_biomero_resets_and_rebuilds_its_views_exactly_once(
             assert set(processed.values()) == {1}, f"rebuild from {start}: processed twice"
             assert positions(database, "biomero_tracking") == dict.fromkeys(FOLLOWERS, head)
             actual = read_models(database)
-            expected = reference_read_models(site, events[start:])
+            expected = reference_read_models(site, events, start)
             wrong, rows = wrong_rows(actual, expected)
             assert rows > 0
             assert wrong == 0, f"rebuild from {start}: {wrong} of {rows} rows wrong"
             print(
-                f"\nBIOMERO 2.8.3 reset from notification {start} of {head}: "
+                f"\nBIOMERO {release} reset from notification {start} of {head}: "
                 f"{len(processed)} (follower, notification) pairs processed once each, "
                 f"{rows} read-model rows, 0 wrong"
             )

@@ -18,7 +18,7 @@ from pathlib import Path
 _HUNK_HEADER = re.compile(r"^@@ -(\d+)(?:,\d+)? \+\d+(?:,\d+)? @@")
 
 # The BIOMERO releases a patch is shipped for, by the name of its file in ``patches/``.
-PATCHES = {"2.8.3": "biomero-2.8.3.patch"}
+PATCHES = {"2.8.3": "biomero-2.8.3.patch", "2.9.0b15": "biomero-2.9.0b15.patch"}
 
 
 class PatchError(Exception):

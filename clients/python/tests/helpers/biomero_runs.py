@@ -95,9 +95,10 @@ def read_models(database: str) -> dict[str, dict[Any, tuple[Any, ...]]]:
 
 
 def reference_read_models(
-    site: Path, events: list[tuple[str, int, str, bytes]]
+    site: Path, events: list[tuple[str, int, str, bytes]], start: int | None = None
 ) -> dict[str, dict[Any, tuple[Any, ...]]]:
-    """What BIOMERO's four views build in one process from the same leader events."""
+    """What BIOMERO's four views build in one process from the same leader events (from
+    ``start`` as ``pull_and_process`` takes it, with every event in the log)."""
     with support.scratch_database("biomero_reference", extension=True) as database:
         with support.admin(database) as cursor:
             cursor.execute(AUDIT_DDL)
@@ -111,7 +112,8 @@ def reference_read_models(
                     [psycopg2.Binary(e[3]) for e in events],
                 ),
             )
-        worker = start_worker(site, "biomero_tracking", support.url(database), 0, "reference")
+        mode = "reference" if start is None else f"reference:{start}"
+        worker = start_worker(site, "biomero_tracking", support.url(database), 0, mode)
         try:
             out, err = worker.communicate("", timeout=TIMEOUT)
         finally:

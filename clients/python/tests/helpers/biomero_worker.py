@@ -12,7 +12,8 @@ It prints ``ready``, waits for a line on standard input, runs WORKFLOWS workflow
 added), and prints one JSON line with what it did.
 
 With WORKFLOWS = ``reference`` it runs no command: it brings the four views up to date from
-the leader events already in the database, in this one process, and exits. With WORKFLOWS =
+the leader events already in the database, in this one process, and exits; with
+``reference:N`` it does so from ``start=N``, as BIOMERO's rebuild passes it. With WORKFLOWS =
 ``reset`` it runs what ``SlurmClient(init_slurm=True)`` runs after validating the SLURM
 setup: ``initialize_analytics_system(reset_tables=True)``, which drops the views' tables and
 their followers' tracking tables, starts the system again and brings every view up to date
@@ -132,18 +133,18 @@ def main() -> None:
     collector = Collector()
     logging.getLogger().addHandler(collector)
 
-    from fabric import Result
-
     import biomero
+    from fabric import Result
 
     audit()
     client = analytics_client(url, reset=workflows_text == "reset")
     if workflows_text == "reset":
         print(json.dumps({"biomero": biomero.__file__, "logged": collector.summary()}))
         return
-    if workflows_text == "reference":
+    if workflows_text.startswith("reference"):
+        start = int(workflows_text.split(":")[1]) if ":" in workflows_text else None
         for listener in listeners(client):
-            listener.pull_and_process("WorkflowTracker")
+            listener.pull_and_process("WorkflowTracker", start=start)
         print(json.dumps({"biomero": biomero.__file__, "logged": collector.summary()}))
         return
     index, workflows = int(index_text), int(workflows_text)
