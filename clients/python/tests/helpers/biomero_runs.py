@@ -55,10 +55,11 @@ def run_processes(
     url: str,
     processes: int = PROCESSES,
     workflows: int = WORKFLOWS_PER_PROCESS,
+    **env: str,
 ) -> list[dict[str, Any]]:
     # A first process alone builds the system once (BIOMERO creates its view tables then,
     # the stock stack its own tables), so that the concurrent ones race on processing only.
-    warm_up = start_worker(site, stack, url, 99, "0")
+    warm_up = start_worker(site, stack, url, 99, "0", **env)
     try:
         out, err = warm_up.communicate("go\n", timeout=TIMEOUT)
     finally:
@@ -66,7 +67,7 @@ def run_processes(
     assert warm_up.returncode == 0, f"BIOMERO could not start:\n{err}"
     assert support.last_json(out)["biomero"].startswith(str(site)), "imported another BIOMERO"
 
-    workers = [start_worker(site, stack, url, i, str(workflows)) for i in range(processes)]
+    workers = [start_worker(site, stack, url, i, str(workflows), **env) for i in range(processes)]
     return support.run_together(workers, TIMEOUT)
 
 

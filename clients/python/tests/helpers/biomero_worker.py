@@ -7,9 +7,11 @@ copy of BIOMERO is imported (patched or not) is PYTHONPATH's business. The proce
 real ``SlurmClient`` (``config_only``: nothing connects to SLURM) and calls BIOMERO's own
 ``initialize_analytics_system()``: the System of WorkflowTracker and its four views,
 ``EngineManager.create_scoped_session()``, the SingleThreadedRunner, ``get_listeners()``.
-It prints ``ready``, waits for a line on standard input, runs WORKFLOWS workflows through
-``client.workflowTracker`` (11 commands each: BIOMERO's own retries included, nothing
-added), and prints one JSON line with what it did.
+With BIOMERO_WORKER_NO_REPLAY set, the module's followers do not replay (a baseline for the
+command benchmark, not a correct BIOMERO). It prints ``ready``, waits for a line on
+standard input, runs WORKFLOWS workflows through ``client.workflowTracker`` (11 commands
+each: BIOMERO's own retries included, nothing added), and prints one JSON line with what it
+did, each command's wall time included.
 
 With WORKFLOWS = ``reference`` it runs no command: it brings the four views up to date from
 the leader events already in the database, in this one process, and exits; with
@@ -71,6 +73,11 @@ class Collector(logging.Handler):
 def analytics_client(url: str, *, reset: bool = False) -> Any:
     from biomero.slurm_client import SlurmClient
 
+    if os.environ.get("BIOMERO_WORKER_NO_REPLAY"):
+        # The benchmark's baseline: claimed processing without replaying into memory.
+        import biomero_tracking
+
+        biomero_tracking.ProcessApplication.replay_processed_elsewhere = False
     client = SlurmClient(config_only=True)
     client.track_workflows = True
     client.enable_job_accounting = True
@@ -203,6 +210,7 @@ def main() -> None:
                 "succeeded": command.succeeded,
                 "errors": command.errors,
                 "seconds": round(elapsed, 2),
+                "command_seconds": command.seconds,
                 "logged": collector.summary(),
             }
         ),

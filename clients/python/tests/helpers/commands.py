@@ -5,6 +5,7 @@ while counting them and the errors they raise (the tests count them, so none is 
 from __future__ import annotations
 
 import sys
+import time
 import traceback
 from typing import TYPE_CHECKING, Any
 
@@ -35,12 +36,15 @@ class Commands:
         self.count = 0
         self.errors: list[str] = []
         self.succeeded: list[str] = []
+        self.seconds: list[float] = []  # each call's wall time, failed ones included
 
     def __call__(self, name: str, *args: Any) -> Any:
         self.count += 1
+        started = time.perf_counter()
         try:
             result = getattr(self.target, name)(*args)
         except Exception as error:  # noqa: BLE001 - the tests count them
+            self.seconds.append(time.perf_counter() - started)
             message = (str(error).splitlines() or [""])[0][: self.message_length]
             self.errors.append(f"{name}: {type(error).__name__}: {message}")
             if len(self.errors) <= 2:
@@ -48,5 +52,6 @@ class Commands:
             if self.after_error is not None:
                 self.after_error()
             return None
+        self.seconds.append(time.perf_counter() - started)
         self.succeeded.append(name)
         return result
