@@ -27,6 +27,7 @@ from biomero_patch import biomero_copy
 from biomero_runs import (
     AUDIT_DDL,
     FOLLOWERS,
+    positions,
     read_models,
     reference_read_models,
     run_processes,
@@ -36,13 +37,15 @@ from biomero_runs import (
 from biomero_tracking.biomero_patch import InstalledBiomero, installed_biomero, state
 
 PATCHED = ("biomero/slurm_client.py", "biomero/views.py")
+STOCK = "eventsourcing_sqlalchemy"
 TABLES = ["workflowtracker_events"] + [
     f"{f.lower()}_{kind}" for f in FOLLOWERS for kind in ("events", "tracking")
 ]
 
 
-def operator(site: Path, url: str, *arguments: str, **env: str) -> tuple[int, str]:
-    """Runs the command in its own interpreter; (exit status, standard output and error)."""
+def operator(site: Path | str, url: str, *arguments: str, **env: str) -> tuple[int, str]:
+    """Runs the command in its own interpreter with ``site`` as PYTHONPATH; (exit status,
+    standard output and error)."""
     done = subprocess.run(
         [sys.executable, "-m", "biomero_tracking", "--url", url, *arguments],
         capture_output=True,
@@ -67,28 +70,6 @@ def leader_log(database: str, table: str | None) -> list[tuple[int, str, int, st
     with support.admin(database) as cursor:
         cursor.execute(query)
         return [(r[0], r[1], r[2], r[3], bytes(r[4])) for r in cursor.fetchall()]
-
-
-def stock_positions(database: str, suffix: str = "") -> dict[str, int | None]:
-    found: dict[str, int | None] = {}
-    with support.admin(database) as cursor:
-        for follower in FOLLOWERS:
-            cursor.execute(
-                f"SELECT max(notification_id) FROM {follower.lower()}_tracking{suffix} "  # noqa: S608
-                "WHERE application_name = 'WorkflowTracker'"
-            )
-            found[follower] = cursor.fetchone()[0]
-    return found
-
-
-def module_positions(database: str) -> dict[str, int | None]:
-    with support.admin(database) as cursor:
-        cursor.execute(
-            "SELECT application_name, notification_id FROM biomero.tracking "
-            "WHERE upstream_application_name = 'WorkflowTracker'"
-        )
-        rows = dict(cursor.fetchall())
-    return {follower: rows.get(follower) for follower in FOLLOWERS}
 
 
 def snapshot(database: str, site: Path) -> tuple[Any, ...]:
@@ -151,7 +132,7 @@ def test_adopt_run_roll_back_and_run_again(database: str, tmp_path: Path) -> Non
     # BIOMERO on stock eventsourcing-sqlalchemy: one process, so the stock race stays out.
     no_errors(run_processes(site, "eventsourcing_sqlalchemy", url, processes=1, workflows=3))
     before = leader_log(database, "workflowtracker_events")
-    before_positions = stock_positions(database)
+    before_positions = positions(database, STOCK)
     assert len(before) > 20 and set(before_positions.values()) == {before[-1][0]}
     wait_for_no_sessions(database)
 
@@ -178,17 +159,9 @@ def test_adopt_run_roll_back_and_run_again(database: str, tmp_path: Path) -> Non
     unknown = tmp_path / "unknown" / "biomero-9.9.9.dist-info"
     unknown.mkdir(parents=True)
     (unknown / "METADATA").write_text("Metadata-Version: 2.1\nName: biomero\nVersion: 9.9.9\n")
-    pythonpath = f"{unknown.parent}{os.pathsep}{site}"
-    done = subprocess.run(
-        [sys.executable, "-m", "biomero_tracking", "--url", url, "adopt"],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        env={**os.environ, "PYTHONPATH": pythonpath},
-        check=False,
-    )
-    assert done.returncode == 1, done.stdout + done.stderr
-    assert "biomero 9.9.9" in done.stderr and "patches exist for 2.8.3" in done.stderr
+    status, out = operator(f"{unknown.parent}{os.pathsep}{site}", url, "adopt")
+    assert status == 1, out
+    assert "biomero 9.9.9" in out and "patches exist for 2.8.3" in out
     assert snapshot(database, site) == unchanged
 
     port = support.server_params()["port"]
@@ -225,8 +198,8 @@ def test_adopt_run_roll_back_and_run_again(database: str, tmp_path: Path) -> Non
     assert status == 0, out
     assert f"WorkflowTracker: {len(before)} events imported" in out
     assert leader_log(database, None) == before
-    assert module_positions(database) == before_positions
-    assert stock_positions(database, "_eventsourcing_sqlalchemy") == before_positions
+    assert positions(database, "biomero_tracking") == before_positions
+    assert positions(database, STOCK, "_eventsourcing_sqlalchemy") == before_positions
     assert state(site, biomero.patch()) == "applied"
     status, out = operator(site, url, "adopt")
     assert status == 1 and "already adopted" in out, out
@@ -237,7 +210,7 @@ def test_adopt_run_roll_back_and_run_again(database: str, tmp_path: Path) -> Non
     no_errors(run_processes(site, "biomero_tracking", url, processes=2, workflows=2))
     during = leader_log(database, None)
     assert during[: len(before)] == before and len(during) > len(before)
-    assert set(module_positions(database).values()) == {during[-1][0]}
+    assert set(positions(database, "biomero_tracking").values()) == {during[-1][0]}
     assert leader_log(database, "workflowtracker_events") == during  # the module's view
     status, out = operator(site, url, "status")
     assert status == 0, out
@@ -257,7 +230,7 @@ def test_adopt_run_roll_back_and_run_again(database: str, tmp_path: Path) -> Non
         )
         assert sorted(r[0] for r in cursor.fetchall()) == sorted(TABLES)
     assert leader_log(database, "workflowtracker_events") == during
-    assert set(stock_positions(database).values()) == {during[-1][0]}
+    assert set(positions(database, STOCK).values()) == {during[-1][0]}
     assert state(site, biomero.patch()) == "not applied"
     status, out = operator(site, url, "rollback")
     assert status == 1 and "nothing to roll back" in out, out
@@ -266,7 +239,7 @@ def test_adopt_run_roll_back_and_run_again(database: str, tmp_path: Path) -> Non
     no_errors(run_processes(site, "eventsourcing_sqlalchemy", url, processes=1, workflows=1))
     after = leader_log(database, "workflowtracker_events")
     assert after[: len(during)] == during and after[len(during)][0] == during[-1][0] + 1
-    assert set(stock_positions(database).values()) == {after[-1][0]}
+    assert set(positions(database, STOCK).values()) == {after[-1][0]}
     reference_site = biomero_copy(tmp_path / "patched", PATCHED)
     expected = reference_read_models(reference_site, [row[1:] for row in after])
     wrong, rows = wrong_rows(read_models(database), expected)

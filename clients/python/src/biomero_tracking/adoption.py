@@ -207,13 +207,19 @@ def _refuse_half_done(found: list[Source]) -> None:
         raise AdoptionError(msg)
 
 
-def adopt(connection: Connection, progress: Callable[[str], None]) -> list[tuple[str, int, int]]:
-    """Imports every table of BIOMERO's applications and renames it, in the caller's
-    transaction. Returns (application, events imported, positions advanced)."""
+def _sources_to_move(connection: Connection) -> list[Source]:
+    """What adopt and rollback start with: BIOMERO stopped and no step half done."""
     connection.execute(text("SET LOCAL lock_timeout = '10s'"))
     _refuse_if_running(connection)
     found = sources(connection)
     _refuse_half_done(found)
+    return found
+
+
+def adopt(connection: Connection, progress: Callable[[str], None]) -> list[tuple[str, int, int]]:
+    """Imports every table of BIOMERO's applications and renames it, in the caller's
+    transaction. Returns (application, events imported, positions advanced)."""
+    found = _sources_to_move(connection)
     by_application = {a: {s.kind: s for s in found if s.application == a} for a in APPLICATIONS}
     if not any(s.state == "table" for s in found):
         adopted = [s.table for s in found if s.state == "renamed"]
@@ -272,10 +278,7 @@ def _qualified(connection: Connection, name: str) -> str:
 def rollback(connection: Connection, progress: Callable[[str], None]) -> None:
     """Copies what the module stored since adoption into the renamed tables and renames them
     back, in the caller's transaction."""
-    connection.execute(text("SET LOCAL lock_timeout = '10s'"))
-    _refuse_if_running(connection)
-    found = sources(connection)
-    _refuse_half_done(found)
+    found = _sources_to_move(connection)
     renamed = [s for s in found if s.state == "renamed"]
     if not renamed:
         raise AdoptionError(f"nothing to roll back: no table named *{RENAMED}")

@@ -18,12 +18,11 @@ import os
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
-from importlib.metadata import version
 
 import sqlalchemy.exc
 from sqlalchemy import Connection, create_engine
 
-from biomero_tracking import adoption
+from biomero_tracking import __version__, adoption
 from biomero_tracking.biomero_patch import InstalledBiomero, PatchError, apply, installed_biomero
 from biomero_tracking.biomero_patch import state as patch_state
 
@@ -106,7 +105,7 @@ def check(url: str | None) -> int:
         _say(f"FAIL  {error}")
         failed = True
     with _transaction(url) as connection:
-        for found in adoption.check(connection, version("biomero-tracking")):
+        for found in adoption.check(connection, __version__):
             _say({True: "ok    ", False: "FAIL  ", None: "note  "}[found.ok] + found.what)
             failed = failed or found.ok is False
         for source in adoption.sources(connection):
@@ -126,9 +125,7 @@ _STATES = {
 def adopt(url: str | None) -> int:
     biomero, _ = _biomero()
     with _transaction(url) as connection:
-        failed = [
-            c.what for c in adoption.check(connection, version("biomero-tracking")) if c.ok is False
-        ]
+        failed = [c.what for c in adoption.check(connection, __version__) if c.ok is False]
         if failed:
             raise Refused("the database is not ready: " + "; ".join(failed))
         imported = adoption.adopt(connection, _say)

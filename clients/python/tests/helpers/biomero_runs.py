@@ -135,7 +135,9 @@ def wrong_rows(
     return wrong, sum(len(rows) for rows in expected.values())
 
 
-def positions(database: str, stack: str) -> dict[str, int | None]:
+def positions(database: str, stack: str, suffix: str = "") -> dict[str, int | None]:
+    """Each follower's position after WorkflowTracker, as ``stack`` stores it (in the stock
+    tracking tables named with ``suffix``, for renamed ones)."""
     found: dict[str, int | None] = {}
     with support.admin(database) as cursor:
         for follower in FOLLOWERS:
@@ -147,7 +149,7 @@ def positions(database: str, stack: str) -> dict[str, int | None]:
                 )
             else:
                 cursor.execute(
-                    f"SELECT max(notification_id) FROM {follower.lower()}_tracking "  # noqa: S608
+                    f"SELECT max(notification_id) FROM {follower.lower()}_tracking{suffix} "  # noqa: S608
                     "WHERE application_name = 'WorkflowTracker'"
                 )
             row = cursor.fetchone()
